@@ -1,0 +1,151 @@
+"""One typed configuration for the whole project: model, diffusion, training and sampling.
+
+Every field says why it has its value, in the manner of nanoGPT's `GPTConfig`. Scripts start
+from a named preset (`tiny`, `cpu`, `gpu`) and override single fields from the command line;
+the checkpoint carries the whole config as plain Python types (`Config.to_dict`), so that
+inference rebuilds exactly the model that was trained (`Config.from_dict`) and no script
+retypes a hyperparameter.
+
+References:
+  DiT:  Peebles & Xie, "Scalable Diffusion Models with Transformers", 2023 (arXiv:2212.09748)
+  DDPM: Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", 2020 (arXiv:2006.11239)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag value, missing file); scripts print it as one line."""
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 28  # MNIST digits are 28 x 28 pixels
+    in_channels: int = 1  # grayscale
+    patch_size: int = 2  # 28 / 2 = 14 x 14 = 196 tokens; DiT's best models also use p = 2
+    hidden_size: int = 128  # token width D
+    depth: int = 6  # number of DiT blocks
+    num_heads: int = 4  # head width D / H = 32
+    mlp_ratio: float = 4.0  # MLP hidden width = 4 D, as in ViT and DiT
+    num_classes: int = 10  # the digits 0-9; index 10 is the "null" class for guidance
+    class_dropout_prob: float = 0.1  # DiT's value: 10% of labels dropped so the same network
+    #                                  also learns the unconditional model that guidance needs
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size != 0:
+            raise UserError(
+                f"patch size {self.patch_size} does not divide image size {self.image_size}: "
+                "choose one of 1, 2, 4, 7, 14, 28 for MNIST"
+            )
+        if self.hidden_size % self.num_heads != 0:
+            raise UserError(
+                f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads: "
+                "pick a hidden size that is a multiple of the number of heads"
+            )
+        if self.hidden_size % 4 != 0:
+            raise UserError(
+                f"hidden size {self.hidden_size} must be a multiple of 4 for the 2D sin-cos "
+                "position embedding"
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000  # T = 1000 as in DDPM (section 4) and DiT
+    beta_start: float = 1e-4  # DDPM's linear schedule, beta_1 = 1e-4 ...
+    beta_end: float = 0.02  # ... to beta_T = 0.02: alpha-bar_T ~ 4e-5, so x_T is nearly pure noise
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # big enough to keep two CPU cores busy, small enough for many updates
+    lr: float = 1e-3  # AdamW learning rate after warm-up; small models tolerate more than DiT's 1e-4
+    weight_decay: float = 0.0  # DiT trains without weight decay
+    warmup_steps: int = 200  # linear warm-up of the learning rate: the first Adam steps are noisy
+    epochs: int = 10  # passes over the 60,000 training images
+    max_steps: int = 0  # stop after this many optimiser steps; 0 means "run all epochs"
+    grad_clip: float = 1.0  # clip the gradient norm: one bad batch cannot wreck the weights
+    ema_decay: float = 0.9999  # DiT's EMA decay, reached only after the warm-up below
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)): a short run's EMA
+    #                          follows the weights instead of staying near the random start
+    min_snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE
+    seed: int = 0  # one seed for weights, batches and noise: runs are reproducible
+    log_every: int = 50  # steps between rows of the loss log
+    sample_every: int = 0  # steps between sample grids; 0 = at the end of every epoch
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"  # DDIM reaches DDPM-like quality in ~50 steps instead of 1000
+    steps: int = 50  # DDIM steps (DDPM always uses all T)
+    eta: float = 0.0  # 0 = deterministic DDIM (Song et al. 2021); 1 = DDPM-like noise
+    cfg_scale: float = 2.0  # classifier-free guidance scale; 1 = plain conditional model
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preset: str = "cpu"  # the name of the preset this config started from (for logs only)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of ints, floats, bools and strings: safe for weights_only loading."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Inverse of `to_dict`. An unknown key is an error, never silently dropped."""
+        sections = {"model": ModelConfig, "diffusion": DiffusionConfig,
+                    "train": TrainConfig, "sample": SampleConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in sections:
+                kwargs[key] = sections[key](**value)
+            elif key == "preset":
+                kwargs[key] = value
+            else:
+                raise KeyError(f"unknown config section {key!r}")
+        return cls(**kwargs)
+
+
+def _preset_tiny() -> Config:
+    # A smoke-test model: one training step takes a few milliseconds on a CPU. Used by the tests.
+    return Config(
+        model=ModelConfig(patch_size=7, hidden_size=32, depth=2, num_heads=2),
+        train=TrainConfig(batch_size=16, epochs=1, warmup_steps=10, log_every=1,
+                          checkpoint_every=50),
+        sample=SampleConfig(steps=10),
+        preset="tiny",
+    )
+
+
+def _preset_cpu() -> Config:
+    # The default: sized for a laptop CPU (measured in the README).
+    return Config(preset="cpu")
+
+
+def _preset_gpu() -> Config:
+    # A larger model for a GPU: DiT-S-like width and depth.
+    return Config(
+        model=ModelConfig(patch_size=2, hidden_size=384, depth=12, num_heads=6),
+        train=TrainConfig(batch_size=256, lr=3e-4, epochs=30, warmup_steps=500,
+                          checkpoint_every=2000),
+        preset="gpu",
+    )
+
+
+PRESETS = {"tiny": _preset_tiny, "cpu": _preset_cpu, "gpu": _preset_gpu}
+
+
+def get_preset(name: str) -> Config:
+    """A fresh copy of the named preset (each call builds new objects, so callers may edit it)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,194 @@
+"""The class-conditional Diffusion Transformer (DiT) for MNIST.
+
+Follows Peebles & Xie, "Scalable Diffusion Models with Transformers" (2023), Figure 3:
+
+    image (B, C, H, W) --patchify + linear--> tokens (B, N, D) + fixed 2D sin-cos positions
+    c = TimestepEmbedder(t) + LabelEmbedder(y)                       (B, D)
+    tokens --N x DiTBlock(c)--> FinalLayer(c) --unpatchify--> predicted noise (B, C, H, W)
+
+Differences from the paper: pixels instead of a VAE latent (MNIST is small enough), and the network
+predicts the noise only (the paper also learns the variance Sigma); the samplers use fixed
+variances instead.
+
+Classifier-free guidance (Ho & Salimans 2022): label `num_classes` is a "null" label. Training drops
+the true label with probability `class_dropout_prob`, so one network learns both the conditional
+eps(x, t, y) and the unconditional eps(x, t, null); sampling mixes them (`forward_with_cfg`).
+
+Letters used in shape comments: B batch, C channels, H, W image height and width, p patch size,
+h = H / p, w = W / p patches per side, N = h * w tokens, D width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from config import ModelConfig
+from dit_block import DiTBlock, modulate
+from time_emb import TimestepEmbedder
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Cut images into non-overlapping p x p patches: (B, C, H, W) -> (B, N, p * p * C).
+
+    Each token lists its patch's pixels row by row, channels last: the layout `unpatchify` undoes.
+    (The model's patch embedding, a stride-p convolution, is this followed by a linear layer.)
+    """
+    B, C, H, W = x.shape
+    h, w = H // p, W // p
+    x = x.reshape(B, C, h, p, w, p)
+    x = torch.einsum("bchpwq->bhwpqc", x)  # (B, h, w, p, p, C)
+    return x.reshape(B, h * w, p * p * C)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
+    """Inverse of `patchify`: (B, N, p * p * C) -> (B, C, H, W), assuming a square image."""
+    B, N, _ = x.shape
+    h = w = int(N**0.5)
+    assert h * w == N, f"{N} tokens do not form a square grid"
+    x = x.reshape(B, h, w, p, p, channels)
+    x = torch.einsum("bhwpqc->bchpwq", x)  # (B, C, h, p, w, p)
+    return x.reshape(B, channels, h * p, w * p)
+
+
+def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Transformer sin-cos code of integer positions: (M,) -> (M, dim), half sines, half cosines."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))  # (dim/2,)
+    angles = positions.double()[:, None] * omega[None, :]  # (M, dim/2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """Fixed 2D position embedding (as in MAE and DiT): half the channels encode the row, half the
+    column, each with the 1D sin-cos code. Returns (grid_size**2, dim), tokens in row-major order."""
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    emb_rows = sincos_pos_embed_1d(dim // 2, rows.reshape(-1))  # (N, D/2)
+    emb_cols = sincos_pos_embed_1d(dim // 2, cols.reshape(-1))  # (N, D/2)
+    return torch.cat([emb_rows, emb_cols], dim=1).float()  # (N, D)
+
+
+class PatchEmbed(nn.Module):
+    """Image to tokens: a p x p convolution with stride p is a linear map applied to each patch."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, D, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D), tokens in row-major order
+
+
+class LabelEmbedder(nn.Module):
+    """Digit label -> vector, with one extra row for the null label used by guidance."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes  # label `num_classes` itself is the null label
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            # Label dropout: replace each label by the null label with probability dropout_prob.
+            drop = torch.rand(y.shape[0], device=y.device) < self.dropout_prob
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return self.embedding_table(y)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm, then a linear map from each token to its patch's pixels."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # each (B, D)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, p * p * C)
+
+
+class DiT(nn.Module):
+    """Class-conditional DiT that predicts the noise eps(x_t, t, y), shaped like x_t."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        D, p = config.hidden_size, config.patch_size
+        self.x_embedder = PatchEmbed(p, config.in_channels, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.y_embedder = LabelEmbedder(config.num_classes, D, config.class_dropout_prob)
+        grid = config.image_size // p
+        # Fixed, not learned (as in DiT); a buffer so that .to(device) moves it. Not saved in the
+        # checkpoint (persistent=False): it is rebuilt from the config.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid).unsqueeze(0), persistent=False)
+        self.blocks = nn.ModuleList(
+            [DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)]
+        )
+        self.final_layer = FinalLayer(D, p, config.in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """All initialisation in one place, following DiT's `initialize_weights`."""
+        # Transformer layers: Xavier-uniform weights, zero biases.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # Patch embedding: initialise like a linear layer over the flattened patch (as in MAE/DiT).
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        # Label and timestep embeddings: small normal weights, std 0.02 (DiT's values).
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: the modulation layers start at zero, so every gate, shift and scale is 0
+        # and each block is exactly the identity at the start of training (paper, section 3.2).
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # The output layer starts at zero too: a fresh model predicts eps = 0 everywhere.
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels (10 = null)."""
+        x = x.to(self.pos_embed.dtype)  # the samplers keep x_t in float64; the network is float32
+        tokens = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        for block in self.blocks:
+            tokens = block(tokens, c)  # (B, N, D)
+        out = self.final_layer(tokens, c)  # (B, N, p * p * C)
+        return unpatchify(out, self.config.patch_size, self.config.in_channels)  # (B, C, H, W)
+
+    def forward_with_cfg(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float
+    ) -> torch.Tensor:
+        """Classifier-free guided noise prediction (Ho & Salimans 2022, Eq. 6):
+
+            eps = eps(x, t, null) + s * (eps(x, t, y) - eps(x, t, null))
+
+        s = 1 is the conditional model, s = 0 the unconditional one, s > 1 pushes samples towards
+        what makes them look like class y. Both halves run in one batched forward pass.
+        """
+        null = torch.full_like(y, self.config.num_classes)
+        if cfg_scale == 1.0:
+            return self(x, t, y)  # the unconditional half would be multiplied by zero
+        if cfg_scale == 0.0:
+            return self(x, t, null)
+        eps = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
+
+if __name__ == "__main__":
+    model = DiT(ModelConfig())
+    x = torch.randn(2, 1, 28, 28)
+    out = model(x, torch.tensor([0, 999]), torch.tensor([3, 7]))
+    print(out.shape, f"{sum(p.numel() for p in model.parameters()):,} parameters")

@@ -1,0 +1,28 @@
+"""Shared helpers for the tests: a tiny MNIST written in the original IDX format."""
+
+import struct
+from pathlib import Path
+
+import torch
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor in the IDX format of the MNIST files (big-endian header, raw bytes)."""
+    magic = 0x0800 + array.dim()  # 0x08 = unsigned byte, then the number of dimensions
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + array.contiguous().numpy().tobytes())
+
+
+def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """Write a fake MNIST (digit k = a bright k-th column band plus noise) into root/MNIST/raw."""
+    g = torch.Generator().manual_seed(seed)
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in [("train", n_train), ("t10k", n_test)]:
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 40, (n, 28, 28), generator=g)
+        for i, k in enumerate(labels.tolist()):
+            images[i, 4:24, 2 + 2 * k : 4 + 2 * k] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images.to(torch.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.to(torch.uint8))
+    return Path(root)

@@ -1,0 +1,82 @@
+"""Tests of the MNIST loader and the in-memory batches."""
+
+import pytest
+import torch
+
+from config import UserError
+from dataset import (DATA_DIR_ENV, InMemoryBatches, load_mnist, resolve_data_dir,
+                     to_model_range, to_uint8)
+from helpers import write_tiny_mnist
+
+
+def test_reads_tiny_idx_mnist(tmp_path):
+    write_tiny_mnist(tmp_path, n_train=50, n_test=20)
+    images, labels = load_mnist(tmp_path, train=True, download=False)
+    assert images.shape == (50, 28, 28) and images.dtype == torch.uint8
+    assert labels.tolist() == [i % 10 for i in range(50)]
+    assert (images[3, 4:24, 8:10] == 255).all()  # digit 3's band
+    test_images, _ = load_mnist(tmp_path, train=False, download=False)
+    assert test_images.shape == (20, 28, 28)
+
+
+def test_scaled_to_minus_one_one():
+    images = torch.tensor([[[0, 255], [128, 51]]], dtype=torch.uint8)
+    x = to_model_range(images)
+    assert x.shape == (1, 1, 2, 2)
+    assert x.min() == -1.0 and x.max() == 1.0
+    assert torch.equal(to_uint8(x)[:, 0], images)  # the inverse is exact on uint8 values
+
+
+def test_empty_directory_gives_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r"MNIST not found in .*MNIST.raw.*--data-dir"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_data_dir_flag_then_env_then_default(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert str(resolve_data_dir(None)) == "data"
+    monkeypatch.setenv(DATA_DIR_ENV, "/somewhere")
+    assert str(resolve_data_dir(None)) == "/somewhere"
+    assert str(resolve_data_dir("/flag")) == "/flag"
+
+
+def test_batches_cover_epoch_once_and_are_reproducible():
+    images = torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1).expand(100, 28, 28).clone()
+    labels = torch.arange(100) % 10
+    batches = InMemoryBatches(images, labels, batch_size=16, seed=3)
+    assert len(batches) == 6
+    seen = torch.cat([to_uint8(x)[:, 0, 0, 0] for x, _ in batches.epoch(0)]).tolist()
+    assert len(seen) == 96 and len(set(seen)) == 96  # no image twice in an epoch
+    again = torch.cat([to_uint8(x)[:, 0, 0, 0] for x, _ in batches.epoch(0)]).tolist()
+    assert seen == again
+    other = torch.cat([to_uint8(x)[:, 0, 0, 0] for x, _ in batches.epoch(1)]).tolist()
+    assert seen != other
+    # skipping resumes the same order
+    tail = torch.cat([to_uint8(x)[:, 0, 0, 0] for x, _ in batches.epoch(0, skip=4)]).tolist()
+    assert tail == seen[64:]
+    for x, y in batches.epoch(0):  # labels travel with their images
+        assert torch.equal(to_uint8(x)[:, 0, 0, 0].long() % 10, y)
+
+
+def test_rank_shards_do_not_overlap():
+    images = torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1).expand(100, 28, 28).clone()
+    labels = torch.zeros(100, dtype=torch.long)
+    shards = []
+    for rank in range(2):
+        b = InMemoryBatches(images, labels, batch_size=10, seed=0, rank=rank, world_size=2)
+        shards.append({v for x, _ in b.epoch(0) for v in to_uint8(x)[:, 0, 0, 0].tolist()})
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert not shards[0] & shards[1]
+
+
+def test_batch_larger_than_data_is_a_user_error():
+    with pytest.raises(UserError, match="--batch-size"):
+        InMemoryBatches(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.zeros(10), batch_size=32)
+
+
+@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
+                    reason="real MNIST not in ./data (.ci/run copies it there)")
+def test_real_mnist_loads():
+    images, labels = load_mnist(resolve_data_dir(), train=False, download=False)
+    assert images.shape == (10000, 28, 28)
+    assert labels.bincount().tolist()[0] == 980

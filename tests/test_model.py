@@ -1,0 +1,168 @@
+"""Tests of the model: patchify, adaLN-Zero, attention, time embedding, guidance."""
+
+import math
+
+import pytest
+import torch
+
+from config import ModelConfig, get_preset
+from dit import DiT, patchify, sincos_pos_embed_2d, unpatchify
+from dit_block import DiTBlock
+from time_emb import TimestepEmbedder, timestep_embedding
+
+
+def small_model(patch_size=2, **kw):
+    cfg = ModelConfig(patch_size=patch_size, hidden_size=32, depth=2, num_heads=4, **kw)
+    return DiT(cfg)
+
+
+def randomize(model, std=0.2):
+    """Replace every parameter by random values, so zero-initialised layers do real work."""
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 7, 14])
+def test_patchify_unpatchify_is_identity(p):
+    x = torch.randn(3, 1, 28, 28)
+    tokens = patchify(x, p)
+    assert tokens.shape == (3, (28 // p) ** 2, p * p)
+    assert torch.equal(unpatchify(tokens, p, 1), x)
+
+
+def test_patchify_multichannel_roundtrip_and_layout():
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(unpatchify(patchify(x, 4), 4, 3), x)
+    # token 1 is the top-right 4x4 patch, its first entries are pixel (0, 4) for channels 0..2
+    assert torch.equal(patchify(x, 4)[:, 1, :3], x[:, :, 0, 4])
+
+
+def test_patch_embedding_is_linear_map_of_patchify():
+    model = randomize(small_model(patch_size=4))
+    x = torch.randn(2, 1, 28, 28)
+    conv = model.x_embedder.proj
+    w = conv.weight.permute(0, 2, 3, 1).reshape(conv.weight.shape[0], -1)  # (D, p*p*C) in patchify order
+    expected = patchify(x, 4) @ w.T + conv.bias
+    assert torch.allclose(model.x_embedder(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [2, 4, 7])
+def test_output_has_input_shape(p):
+    model = randomize(small_model(patch_size=p))
+    x = torch.randn(4, 1, 28, 28)
+    out = model(x, torch.randint(0, 1000, (4,)), torch.randint(0, 10, (4,)))
+    assert out.shape == x.shape
+    assert out.abs().sum() > 0
+
+
+def test_fresh_dit_outputs_exactly_zero():
+    model = small_model()
+    x = torch.randn(4, 1, 28, 28)
+    out = model(x, torch.tensor([0, 10, 500, 999]), torch.tensor([0, 3, 9, 10]))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_fresh_blocks_are_identity():
+    model = small_model()
+    x = torch.randn(2, 196, 32)
+    c = torch.randn(2, 32)
+    for block in model.blocks:
+        assert torch.equal(block(x, c), x)
+
+
+def test_trained_block_is_not_identity():
+    # the identity test above could pass for a block that ignores its input; this one could not
+    block = randomize(DiTBlock(32, 4))
+    x = torch.randn(2, 10, 32)
+    assert not torch.allclose(block(x, torch.randn(2, 32)), x)
+
+
+def test_attention_matches_softmax_formula():
+    block = randomize(DiTBlock(32, num_heads=4))
+    attn = block.attn
+    B, N, D, H = 2, 7, 32, 4
+    Dh = D // H
+    x = torch.randn(B, N, D, dtype=torch.float64)
+    attn = attn.double()
+    W, b = attn.qkv.weight, attn.qkv.bias
+    q, k, v = (x @ W.T + b).split(D, dim=-1)  # each (B, N, D)
+    heads = []
+    for h in range(H):
+        sl = slice(h * Dh, (h + 1) * Dh)
+        scores = q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(Dh)  # (B, N, N)
+        heads.append(torch.softmax(scores, dim=-1) @ v[..., sl])
+    expected = torch.cat(heads, dim=-1) @ attn.proj.weight.T + attn.proj.bias
+    assert torch.allclose(attn(x), expected, atol=1e-10)
+
+
+def test_timestep_embedding_matches_formula():
+    dim, half = 8, 4
+    t = torch.tensor([0, 1, 17, 999])
+    emb = timestep_embedding(t, dim)
+    for row, tv in enumerate(t.tolist()):
+        for i in range(half):
+            freq = 10000 ** (-i / half)
+            assert emb[row, i].item() == pytest.approx(math.cos(tv * freq), abs=1e-4)
+            assert emb[row, half + i].item() == pytest.approx(math.sin(tv * freq), abs=1e-4)
+
+
+def test_distinct_timesteps_give_distinct_embeddings():
+    emb = timestep_embedding(torch.arange(1000), 256)
+    dists = torch.cdist(emb, emb)
+    dists.fill_diagonal_(float("inf"))
+    assert dists.min() > 1e-3
+    out = TimestepEmbedder(32)(torch.arange(1000))
+    assert out.shape == (1000, 32)
+
+
+def test_position_embedding_distinct_and_bounded():
+    pe = sincos_pos_embed_2d(32, 14)
+    assert pe.shape == (196, 32)
+    assert pe.abs().max() <= 1.0
+    d = torch.cdist(pe, pe)
+    d.fill_diagonal_(float("inf"))
+    assert d.min() > 1e-3
+
+
+def test_guidance_scale_one_is_conditional_zero_is_unconditional():
+    model = randomize(small_model()).eval()
+    x = torch.randn(3, 1, 28, 28)
+    t = torch.tensor([5, 500, 900])
+    y = torch.tensor([1, 2, 3])
+    null = torch.full_like(y, 10)
+    cond, uncond = model(x, t, y), model(x, t, null)
+    assert not torch.allclose(cond, uncond)
+    assert torch.allclose(model.forward_with_cfg(x, t, y, 1.0), cond, atol=1e-5)
+    assert torch.allclose(model.forward_with_cfg(x, t, y, 0.0), uncond, atol=1e-5)
+    # the batched two-half path used for any other scale agrees with the formula
+    s = 3.0
+    assert torch.allclose(model.forward_with_cfg(x, t, y, s), uncond + s * (cond - uncond), atol=1e-4)
+
+
+def test_label_dropout_only_in_training():
+    model = randomize(small_model(class_dropout_prob=1.0))
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 4]), torch.tensor([1, 2])
+    null = torch.full_like(y, 10)
+    model.train()
+    assert torch.allclose(model(x, t, y), model(x, t, null))  # every label dropped
+    model.eval()
+    assert not torch.allclose(model(x, t, y), model(x, t, null))
+
+
+def test_presets_build_and_roundtrip():
+    from config import PRESETS, Config
+    for name in PRESETS:
+        cfg = get_preset(name)
+        assert Config.from_dict(cfg.to_dict()) == cfg
+    DiT(get_preset("tiny").model)
+
+
+def test_bad_model_config_is_a_user_error():
+    from config import UserError
+    with pytest.raises(UserError, match="patch size 5"):
+        ModelConfig(patch_size=5)
+    with pytest.raises(UserError, match="divisible"):
+        ModelConfig(hidden_size=30, num_heads=4)
