@@ -1,0 +1,200 @@
+"""Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from helpers import write_tiny_mnist
+from inference import read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=32)
+
+
+def run_train(tiny_data, out_dir, *extra):
+    args = ["--preset", "tiny", "--data-dir", str(tiny_data), "--out-dir", str(out_dir), *extra]
+    return train.main(args)
+
+
+def test_train_writes_checkpoint_pictures_and_log(tiny_data, tmp_path):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "6") == 0
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert ckpt["step"] == 6
+    assert ckpt["config"]["preset"] == "tiny"
+    for name in ["loss.png", "log.csv", "samples/final.png", "samples/step_0000004.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss") and len(rows) == 1 + 6
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_train(tiny_data, straight, "--max-steps", "7") == 0
+    assert run_train(tiny_data, split, "--max-steps", "3") == 0
+    assert run_train(tiny_data, split, "--max-steps", "7", "--resume") == 0
+    a = torch.load(straight / "model.pth", weights_only=True)
+    b = torch.load(split / "model.pth", weights_only=True)
+    assert b["step"] == 7
+    for key in ["model", "ema"]:
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+    log = (split / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in log[1:]] == list(range(1, 8))
+
+
+def test_resume_refuses_changed_model_flag(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
+    assert run_train(tiny_data, tmp_path, "--resume", "--hidden-size", "64") == 1
+    assert "--hidden-size 64 differs" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
+    before = (tmp_path / "model.pth").read_bytes()
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 1
+    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert (tmp_path / "model.pth").read_bytes() == before
+
+
+def test_sigkill_mid_run_leaves_intact_checkpoint(tiny_data, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
+           "--out-dir", str(tmp_path), "--max-steps", "100000", "--checkpoint-every", "1",
+           "--sample-every", "1000000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "model.pth"
+    deadline = time.time() + 60
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.1)
+    time.sleep(1.0)  # now it is saving a checkpoint every step: kill it in the middle of that
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = read_checkpoint(ckpt, with_training_state=True)  # loads: the file is intact
+    step = state["step"]
+    assert step >= 1
+    assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", str(step + 3),
+                     "--checkpoint-every", "1", "--sample-every", "1000000") == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == step + 3
+
+
+def test_sigint_saves_and_exits_cleanly(tiny_data, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
+           "--out-dir", str(tmp_path), "--max-steps", "1000000", "--checkpoint-every", "1000000",
+           "--sample-every", "1000000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("preset tiny"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "--resume" in out
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] > 0
+    assert (tmp_path / "log.csv").exists()
+
+
+def test_checkpoint_is_weights_only_loadable_and_malicious_pickle_refused(tiny_data, tmp_path):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
+    torch.load(tmp_path / "model.pth", weights_only=True)  # plain types only
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Evil(), "ema": {}, "config": {}}, evil)
+    from config import UserError
+    with pytest.raises(UserError, match="weights_only"):
+        read_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    real_step = train.train_step
+    calls = []
+
+    def step_then_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        return float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(train, "train_step", step_then_nan)
+    status = run_train(tiny_data, tmp_path, "--max-steps", "20", "--checkpoint-every", "2")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step 5" in err and "last good checkpoint" in err
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 4
+
+
+def test_out_of_memory_batch_gives_message(tiny_data, tmp_path, monkeypatch, capsys):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train, "train_step", oom)
+    assert run_train(tiny_data, tmp_path, "--max-steps", "5", "--batch-size", "32") == 1
+    assert "batch size 32 does not fit in memory" in capsys.readouterr().err
+
+
+def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+    import torchvision.datasets.mnist as tv_mnist
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train.main(["--preset", "tiny", "--data-dir", str(empty), "--out-dir",
+                       str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "MNIST not found" in err and "--data-dir" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--patch-size", "5"], "patch size 5 does not divide"),
+    (["--batch-size", "1000"], "pass a smaller --batch-size"),
+])
+def test_bad_flags(tiny_data, tmp_path, capsys, flags, message):
+    assert run_train(tiny_data, tmp_path, *flags) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--resume") == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_stay_in_sync(tiny_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
+           "--out-dir", str(tmp_path), "--max-steps", "3", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "weights identical on all 2 ranks: True" in res.stdout
+    assert "x 2 processes" in res.stdout
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
