@@ -6,6 +6,9 @@ named as in the papers and the code cites the equation it follows:
   DDPM: Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", 2020 (arXiv:2006.11239)
   DDIM: Song, Meng & Ermon, "Denoising Diffusion Implicit Models", 2021 (arXiv:2010.02502)
   Min-SNR: Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", 2023
+  PLMS: Liu et al., "Pseudo Numerical Methods for Diffusion Models on Manifolds", 2022 (PNDM)
+  DPM-Solver++: Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", 2022 (arXiv:2211.01095)
   Trailing timesteps: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024
 
 Notation: x_0 a clean image in [-1, 1], x_t its noised version at step t = 0 .. T-1 (the papers
@@ -19,6 +22,7 @@ The samplers accept any `model` with a method `forward_with_cfg(x, t, y, cfg_sca
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -28,7 +32,7 @@ from config import DiffusionConfig
 
 
 class GaussianDiffusion:
-    """Linear-beta Gaussian diffusion (DDPM section 4) with DDPM and DDIM samplers."""
+    """Linear-beta Gaussian diffusion (DDPM section 4) with DDPM, DDIM, PLMS and DPM-Solver++."""
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         self.num_timesteps = T = num_timesteps
@@ -142,28 +146,39 @@ class GaussianDiffusion:
         z = self._noise(x_t.shape, generator, x_t.device)
         return mean + self.posterior_variance[t].item() ** 0.5 * z
 
-    @torch.no_grad()
-    def ddpm_sample(self, model, shape, y, cfg_scale: float = 1.0, generator=None,
-                    clip_denoised: bool = True, return_intermediates: bool = False,
-                    progress: bool = False):
-        """DDPM ancestral sampling over all T steps (Algorithm 2)."""
-        x = self._noise(shape, generator, y.device)  # line 1: x_T ~ N(0, I)
-        trajectory = [x.float().cpu()] if return_intermediates else None
-        for t in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
-            eps = self._eps(model, x, t, y, cfg_scale)
-            x = self.ddpm_step(x, t, eps, generator, clip_denoised)
-            if trajectory is not None:
-                trajectory.append(x.float().cpu())
-        x = x.float()
-        return (x, torch.stack(trajectory)) if return_intermediates else x
-
     def ddim_timesteps(self, steps: int) -> list[int]:
-        """`steps` timesteps from T-1 down, evenly spaced, "trailing" (Lin et al. 2024, Table 2):
-        the first is always T-1, so even one step starts from pure noise. steps = T gives all."""
+        """`steps` timesteps evenly spaced from T-1 down to 0, both ends included (for one step,
+        just T-1). Starting at T-1 means sampling starts from pure noise, which the original
+        DDIM spacing (0, 20, ..., 980) misses (Lin et al. 2024); ending at t = 0 means the last
+        model call sees almost no noise, so the final jump to x_0 loses nothing. steps = T visits
+        every timestep."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be between 1 and {self.num_timesteps}, got {steps}")
-        stride = self.num_timesteps / steps
-        return [round(self.num_timesteps - i * stride) - 1 for i in range(steps)]
+        if steps == 1:
+            return [self.num_timesteps - 1]
+        stride = (self.num_timesteps - 1) / (steps - 1)
+        return [round(self.num_timesteps - 1 - i * stride) for i in range(steps)]
+
+    def logsnr_timesteps(self, steps: int) -> list[int]:
+        """`steps` timesteps from T-1 down to 0 evenly spaced in lambda = log(alpha / sigma)
+        instead of t: the spacing DPM-Solver recommends for low-resolution images (Lu et al.
+        2022, section 3.3 and its code's `skip_type='logSNR'`). lambda rises steeply near t = 0,
+        so this puts more steps at low noise, where a multistep solver would otherwise take one
+        huge step. Rounded to integers and kept strictly decreasing."""
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"steps must be between 1 and {self.num_timesteps}, got {steps}")
+        if steps == 1:
+            return [self.num_timesteps - 1]
+        lam = (self.snr.double().log() / 2)  # lambda_t, decreasing in t, (T,)
+        targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
+        ts = [int((lam - v).abs().argmin()) for v in targets]  # nearest integer timestep
+        # Keep them strictly decreasing (no timestep visited twice) and within range: step i
+        # must leave room for the steps - 1 - i that follow it, all distinct.
+        for i in range(steps):
+            ts[i] = min(max(ts[i], steps - 1 - i), self.num_timesteps - 1 - i)
+            if i > 0:
+                ts[i] = min(ts[i], ts[i - 1] - 1)
+        return ts
 
     def ddim_sigma(self, t: int, t_prev: int, eta: float) -> float:
         """DDIM Eq. 16: sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev), with
@@ -186,45 +201,145 @@ class GaussianDiffusion:
         sqrt_a_t = self.sqrt_alphas_cumprod[t].item()
         sqrt_1m_a_t = self.sqrt_one_minus_alphas_cumprod[t].item()
         sqrt_a_prev = self.sqrt_alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        sqrt_1m_a_prev = self.sqrt_one_minus_alphas_cumprod[t_prev].item() if t_prev >= 0 else 0.0
         x0 = (x_t - sqrt_1m_a_t * eps) / sqrt_a_t
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
             eps = (x_t - sqrt_a_t * x0) / sqrt_1m_a_t  # the noise consistent with clipped x_0
         sigma = self.ddim_sigma(t, t_prev, eta)
-        x_prev = sqrt_a_prev * x0 + max(1 - sqrt_a_prev**2 - sigma**2, 0.0) ** 0.5 * eps
+        x_prev = sqrt_a_prev * x0 + max(sqrt_1m_a_prev**2 - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             x_prev = x_prev + sigma * self._noise(x_t.shape, generator, x_t.device)
         return x_prev
 
+    # ---------------------------------------------------------------- the four samplers
+    # Each sampler is a loop that yields x after every step; `sample` drives it. eps_fn(x, t) is the
+    # (guided) model; `pairs` are (t, t_prev) with t_prev = -1 for the last step, to x_0.
+
+    def _ddpm_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
+        for t, _ in pairs:
+            x = self.ddpm_step(x, t, eps_fn(x, t), generator, clip_denoised)
+            yield x
+
+    def _ddim_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
+        for t, t_prev in pairs:
+            x = self.ddim_step(x, t, t_prev, eps_fn(x, t), eta, generator, clip_denoised)
+            yield x
+
+    def _plms_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
+        """Pseudo linear multistep (PNDM, Liu et al. 2022), in the form of the latent-diffusion
+        code: the DDIM update (PNDM's "transfer" phi, Eq. 11) fed with a combination of the last
+        noise predictions, the Adams-Bashforth formulas of PNDM Eq. 12:
+
+            1 earlier eps:  e' = (3 e_t - e_1) / 2
+            2 earlier:      e' = (23 e_t - 16 e_1 + 5 e_2) / 12
+            3 or more:      e' = (55 e_t - 59 e_1 + 37 e_2 - 9 e_3) / 24
+
+        The first step has no history and takes a pseudo improved-Euler (Heun) step instead:
+        e' = (e_t + e(x_next, t_prev)) / 2, one extra model call. Deterministic (eta is unused).
+        """
+        old_eps: list[torch.Tensor] = []  # most recent first
+        for t, t_prev in pairs:
+            eps = eps_fn(x, t)
+            if not old_eps:
+                if t_prev >= 0:
+                    x_next = self.ddim_step(x, t, t_prev, eps, clip_denoised=clip_denoised)
+                    eps_prime = (eps + eps_fn(x_next, t_prev)) / 2
+                else:  # a single-step run: nothing to average with
+                    eps_prime = eps
+            elif len(old_eps) == 1:
+                eps_prime = (3 * eps - old_eps[0]) / 2
+            elif len(old_eps) == 2:
+                eps_prime = (23 * eps - 16 * old_eps[0] + 5 * old_eps[1]) / 12
+            else:
+                eps_prime = (55 * eps - 59 * old_eps[0] + 37 * old_eps[1] - 9 * old_eps[2]) / 24
+            x = self.ddim_step(x, t, t_prev, eps_prime, clip_denoised=clip_denoised)
+            old_eps = [eps] + old_eps[:2]
+            yield x
+
+    def _log_alpha_over_sigma(self, t: int) -> float:
+        """lambda_t = log(alpha_t / sigma_t), with alpha_t = sqrt(alpha-bar_t) and
+        sigma_t = sqrt(1 - alpha-bar_t): half the log-SNR, the time variable of DPM-Solver."""
+        return math.log(self.sqrt_alphas_cumprod[t].item() / self.sqrt_one_minus_alphas_cumprod[t].item())
+
+    def _dpm_solver_pp_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
+        """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), a second-order multistep
+        solver of the diffusion ODE written with the data prediction x0_theta. From t to s,
+        with h = lambda_s - lambda_t:
+
+            x_s = (sigma_s / sigma_t) x_t - alpha_s (exp(-h) - 1) D
+
+        where D = x0_theta(x_t, t) on the first step (first order, the same as DDIM), and after
+        that the extrapolation with the previous prediction, r = h_prev / h:
+
+            D = (1 + 1 / (2 r)) x0_theta(x_t, t) - 1 / (2 r) x0_theta(previous)
+
+        The last step goes to alpha-bar = 1 (sigma = 0, lambda = infinity), where the update is
+        just x_0 = x0_theta: first order, as recommended for few steps ("lower order final").
+        Deterministic (eta is unused).
+        """
+        prev_x0, prev_h = None, None
+        for t, t_prev in pairs:
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            x0 = self.predict_x0_from_eps(x, tt, eps_fn(x, t))
+            if clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            if t_prev < 0:
+                x = x0
+                yield x
+                continue
+            h = self._log_alpha_over_sigma(t_prev) - self._log_alpha_over_sigma(t)
+            if prev_x0 is None:
+                D = x0
+            else:
+                r = prev_h / h
+                D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
+            sigma_ratio = self.sqrt_one_minus_alphas_cumprod[t_prev].item() / self.sqrt_one_minus_alphas_cumprod[t].item()
+            alpha_s = self.sqrt_alphas_cumprod[t_prev].item()
+            x = sigma_ratio * x - alpha_s * math.expm1(-h) * D
+            prev_x0, prev_h = x0, h
+            yield x
+
     @torch.no_grad()
-    def ddim_sample(self, model, shape, y, steps: int = 50, eta: float = 0.0, cfg_scale: float = 1.0,
-                    generator=None, clip_denoised: bool = True, return_intermediates: bool = False,
-                    progress: bool = False):
-        """DDIM sampling over `steps` of the T timesteps (DDIM section 4.2)."""
-        timesteps = self.ddim_timesteps(steps)
-        x = self._noise(shape, generator, y.device)
-        trajectory = [x.float().cpu()] if return_intermediates else None
-        for i, t in enumerate(tqdm(timesteps, desc="DDIM", disable=not progress)):
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            eps = self._eps(model, x, t, y, cfg_scale)
-            x = self.ddim_step(x, t, t_prev, eps, eta, generator, clip_denoised)
+    def sample(self, model, shape, y, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+               cfg_scale: float = 1.0, generator=None, clip_denoised: bool = True,
+               return_intermediates: bool = False, progress: bool = False):
+        """Draw len(y) images of `shape` with the named sampler (see SAMPLERS), guided by cfg_scale.
+
+        DDPM always takes all T steps; the others take `steps` trailing timesteps. Returns x_0
+        (float32), or (x_0, trajectory) where the trajectory (n_steps + 1, B, C, H, W) runs from
+        the starting noise x_T to x_0, kept on the CPU. Noise comes from `generator` (which must
+        live on y's device), so a seeded generator makes the samples reproducible.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        loop = {"ddpm": self._ddpm_loop, "ddim": self._ddim_loop, "plms": self._plms_loop,
+                "dpm-solver++": self._dpm_solver_pp_loop}[sampler]
+        timesteps = self.sampler_timesteps(sampler, steps)
+        pairs = list(zip(timesteps, timesteps[1:] + [-1]))
+
+        def eps_fn(x, t):
+            return self._eps(model, x, t, y, cfg_scale)
+
+        x_T = self._noise(shape, generator, y.device)  # x_T ~ N(0, I) (Algorithm 2, line 1)
+        trajectory = [x_T.float().cpu()] if return_intermediates else None
+        x = x_T
+        for x in tqdm(loop(eps_fn, x_T, pairs, generator, clip_denoised, eta), total=len(pairs),
+                      desc=sampler, disable=not progress, leave=False):
             if trajectory is not None:
                 trajectory.append(x.float().cpu())
         x = x.float()
         return (x, torch.stack(trajectory)) if return_intermediates else x
 
-    def sample(self, model, shape, y, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               cfg_scale: float = 1.0, generator=None, return_intermediates: bool = False,
-               progress: bool = False):
-        """Draw len(y) images with the named sampler. Returns x_0, or (x_0, trajectory) where the
-        trajectory (steps + 1, B, C, H, W) runs from the starting noise to x_0, kept on the CPU."""
+    def sampler_timesteps(self, sampler: str, steps: int) -> list[int]:
+        """The timesteps a sampler visits, in order: all T for DDPM, evenly spaced in t for DDIM
+        and PLMS (as in their papers), evenly spaced in log-SNR for DPM-Solver++ (its paper's
+        advice for low-resolution images; with even t-spacing its last steps are unstable)."""
         if sampler == "ddpm":
-            return self.ddpm_sample(model, shape, y, cfg_scale, generator,
-                                    return_intermediates=return_intermediates, progress=progress)
-        if sampler == "ddim":
-            return self.ddim_sample(model, shape, y, steps, eta, cfg_scale, generator,
-                                    return_intermediates=return_intermediates, progress=progress)
-        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+            return list(range(self.num_timesteps - 1, -1, -1))
+        if sampler == "dpm-solver++":
+            return self.logsnr_timesteps(steps)
+        return self.ddim_timesteps(steps)
 
 
-SAMPLERS = ("ddpm", "ddim")  # names accepted by GaussianDiffusion.sample
+SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # names accepted by GaussianDiffusion.sample

@@ -241,8 +241,7 @@ def run(args: argparse.Namespace) -> None:
             g = torch.Generator(device).manual_seed(args.seed)
             labels = torch.tensor(digits, device=device)
             _, trajectory = generate(model, diffusion, labels, cfg, g, bf16, return_intermediates=True)
-            timesteps = (list(range(cfg.diffusion.num_timesteps - 1, -1, -1)) if s.sampler == "ddpm"
-                         else diffusion.ddim_timesteps(s.steps))
+            timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)
             path = ckpt_dir / "trajectory.png"
             save_trajectory(trajectory, digits, path, timesteps)
             print(f"trajectory: {path}")

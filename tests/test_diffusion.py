@@ -81,7 +81,7 @@ def test_ddim_eta0_with_oracle_returns_x0(diffusion, steps):
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(4, 1, 28, 28, generator=g) * 2 - 1
     y = torch.zeros(4, dtype=torch.long)
-    out = diffusion.ddim_sample(X0Oracle(diffusion, x0), x0.shape, y, steps=steps, eta=0.0,
+    out = diffusion.sample(X0Oracle(diffusion, x0), x0.shape, y, sampler="ddim", steps=steps, eta=0.0,
                                 generator=g)
     assert (out - x0).abs().max() < 1e-5
 
@@ -89,7 +89,7 @@ def test_ddim_eta0_with_oracle_returns_x0(diffusion, steps):
 def test_ddpm_with_oracle_returns_x0(diffusion):
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1
-    out = diffusion.ddpm_sample(X0Oracle(diffusion, x0), x0.shape, torch.zeros(2, dtype=torch.long),
+    out = diffusion.sample(X0Oracle(diffusion, x0), x0.shape, torch.zeros(2, dtype=torch.long), sampler="ddpm",
                                 generator=g)
     assert (out - x0).abs().max() < 1e-4
 
@@ -117,11 +117,11 @@ def test_ddim_eta1_all_steps_follows_ddpm_trajectory(diffusion):
     model = RandomEps()
     y = torch.zeros(3, dtype=torch.long)
     shape = (3, 1, 6, 6)
-    ddpm = diffusion.ddpm_sample(model, shape, y, generator=torch.Generator().manual_seed(7))
-    ddim = diffusion.ddim_sample(model, shape, y, steps=1000, eta=1.0,
+    ddpm = diffusion.sample(model, shape, y, sampler="ddpm", generator=torch.Generator().manual_seed(7))
+    ddim = diffusion.sample(model, shape, y, sampler="ddim", steps=1000, eta=1.0,
                                  generator=torch.Generator().manual_seed(7))
     assert (ddpm - ddim).abs().max() < 1e-3
-    ddim0 = diffusion.ddim_sample(model, shape, y, steps=1000, eta=0.0,
+    ddim0 = diffusion.sample(model, shape, y, sampler="ddim", steps=1000, eta=0.0,
                                   generator=torch.Generator().manual_seed(7))
     assert (ddpm - ddim0).abs().max() > 1e-2  # and eta really matters
 

@@ -1,0 +1,34 @@
+"""Importing a module does no work: no files written or read, no model built, no device touched."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ["config", "dataset", "diffusion", "time_emb", "dit_block", "dit", "train", "inference",
+           "fid_computer"]
+
+CHECK = """
+import sys, torch
+import torch.nn as nn
+built = []
+original_init = nn.Module.__init__
+def spy(self, *a, **k):
+    built.append(type(self).__name__)
+    original_init(self, *a, **k)
+nn.Module.__init__ = spy
+for name in sys.argv[1:]:
+    __import__(name)
+assert not built, f"modules built at import: {built}"
+assert not torch.cuda.is_initialized()
+print("ok")
+"""
+
+
+def test_importing_modules_does_no_work(tmp_path):
+    modules = [m for m in MODULES if (ROOT / f"{m}.py").exists()]
+    res = subprocess.run([sys.executable, "-c", CHECK, *modules], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "ok"
+    assert list(tmp_path.iterdir()) == []  # nothing written in the working directory
