@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_steps: int = 200  # linear warm-up of the learning rate: the first Adam steps are noisy
     epochs: int = 10  # passes over the 60,000 training images
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
+    time_limit: float = 0.0  # if > 0, stop after this many minutes of training (over resumes)
     grad_clip: float = 1.0  # clip the gradient norm: one bad batch cannot wreck the weights
     ema_decay: float = 0.9999  # DiT's EMA decay, reached only after the warm-up below
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)): a short run's EMA

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (override the preset)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--max-steps", type=int, help="stop after this many steps (0 = all epochs)")
+    g.add_argument("--time-limit", type=float, help="stop after this many minutes of training, "
+                   "counted over resumes (0 = no limit)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--warmup-steps", type=int)
@@ -81,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_FLAGS = ["epochs", "max_steps", "batch_size", "lr", "warmup_steps", "min_snr_gamma",
+TRAIN_FLAGS = ["epochs", "max_steps", "time_limit", "batch_size", "lr", "warmup_steps", "min_snr_gamma",
                "ema_decay", "seed", "log_every", "sample_every", "checkpoint_every"]
 MODEL_FLAGS = ["patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "class_dropout_prob"]
 # What a resumed run may change: how long it goes on and how often it reports.
-RESUMABLE_FLAGS = {"epochs", "max_steps", "log_every", "sample_every", "checkpoint_every"}
+RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "sample_every",
+                   "checkpoint_every"}
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -106,7 +109,7 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     for name in ["epochs", "batch_size", "log_every", "checkpoint_every"]:
         if getattr(t, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(t, name)}")
-    for name in ["max_steps", "sample_every", "warmup_steps"]:
+    for name in ["max_steps", "sample_every", "warmup_steps", "time_limit"]:
         if getattr(t, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(t, name)}")
     if not t.lr > 0:
@@ -306,13 +309,14 @@ def train(args: argparse.Namespace) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    step = 0
+    step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     log_path = out_dir / "log.csv"
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
+        seconds_before = checkpoint.get("train_seconds", 0.0)
         rngs = checkpoint["rng"]
         set_rng_state(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
     log_rows = read_log(log_path, step) if checkpoint is not None else []
@@ -355,6 +359,7 @@ def train(args: argparse.Namespace) -> int:
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
+            "train_seconds": seconds_before + time.time() - t_start,
             "epoch": step // steps_per_epoch,
             "rng": gather_rng(),
             "config": cfg.to_dict(),
@@ -381,13 +386,24 @@ def train(args: argparse.Namespace) -> int:
         stop_requested.append(signum)
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    def agree_to_stop() -> bool:
+        """Stop on a signal or at the time limit. With several processes all ranks must stop
+        after the same step (or the next gradient all-reduce would wait forever): they agree."""
+        limit = cfg.train.time_limit
+        stop = bool(stop_requested) or (limit > 0 and seconds_before + time.time() - t_start >= 60 * limit)
+        if rt.world_size > 1:
+            flag = torch.tensor([float(stop)], device=rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
     start_step, t_start = step, time.time()
     t_last, seen_since_log = time.time(), 0
     bar = tqdm(total=total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True,
                unit="step")
-    status = 0
+    status, stop = 0, False
     try:
-        while step < total_steps and not stop_requested:
+        while step < total_steps and not stop:
             epoch, skip = divmod(step, steps_per_epoch)
             for x0, y in batches.epoch(epoch, skip=skip):
                 loss = train_step(train_model, diffusion, optimizer, x0, y, cfg, step, bf16)
@@ -408,7 +424,8 @@ def train(args: argparse.Namespace) -> int:
                     save(checkpoint_state())
                 if step % sample_every == 0 and step != total_steps and rt.is_main:
                     bar.write(f"samples at step {step}: {save_samples(f'step_{step:07d}.png')}")
-                if step >= total_steps or stop_requested:
+                stop = agree_to_stop()
+                if step >= total_steps or stop:
                     break
     except NonFiniteLoss as e:
         bar.close()
@@ -442,6 +459,8 @@ def train(args: argparse.Namespace) -> int:
                   f"python train.py --resume --out-dir {out_dir}")
             status = 130
         else:
+            if step < total_steps:
+                print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
             print(f"samples: {save_samples('final.png')}")
             print(f"loss curve: {out_dir / 'loss.png'}; log: {log_path}")
     return status

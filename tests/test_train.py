@@ -198,3 +198,14 @@ def test_torchrun_two_gloo_processes_stay_in_sync(tiny_data, tmp_path):
     assert "x 2 processes" in res.stdout
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+
+
+def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
+    flags = ["--max-steps", "1000000", "--sample-every", "1000000", "--checkpoint-every", "1000000"]
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.02") == 0  # 1.2 s
+    first = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert "time limit of 0.02 min reached" in capsys.readouterr().out
+    assert 1.2 <= first["train_seconds"] < 30 and first["step"] > 0
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.04", "--resume") == 0
+    second = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert second["step"] > first["step"] and 2.4 <= second["train_seconds"] < 60

@@ -1,0 +1,184 @@
+"""Training throughput: images/s, time per epoch, peak memory, FLOPs and share of matmul peak.
+
+    python benchmarks/train_throughput.py                    # every preset, on CUDA if present
+    python benchmarks/train_throughput.py --presets cpu --amp off bf16 --naive
+
+For each preset it times the real training step of train.py (`train_step` + `update_ema`, batches
+cut from an in-memory tensor) after a warm-up, and prints one table row. It also measures the
+machine's matmul peak (a large square fp32 and bf16 matrix product) and reports the share of it
+that training reaches: model FLOPs per image (counted by torch.utils.flop_counter, forward and
+backward) times images/s, over the peak.
+
+`--naive` adds a row for a straightforward implementation of the same model size, as a
+reference point: a torch DataLoader over torchvision's MNIST-style PIL images with ToTensor and
+Normalize per sample, separate Q, K and V projections and attention written out as
+softmax(Q K^T / sqrt(d)) V with the N x N matrix materialised. Both run in this one process,
+one after the other, so the ratio is measured under the same conditions.
+
+Each row runs in a fresh subprocess so that peak memory (CPU: peak resident set size;
+CUDA: torch.cuda.max_memory_allocated) belongs to that row alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def matmul_peak_gflops(device, dtype, n: int = 2048, reps: int = 10) -> float:
+    """Measured rate of a large square matrix product on random data, in GFLOP/s."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_image(model, diffusion, batch_size: int, device) -> float:
+    """Forward + backward FLOPs of one training step, per image (matmuls and attention)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        diffusion.training_loss(model, x, y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch_size
+
+
+def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds: float) -> dict:
+    """Time one configuration; runs inside its own subprocess (see main)."""
+    import resource
+
+    import torch
+
+    import train
+    from config import get_preset
+    from dataset import InMemoryBatches
+    from diffusion import GaussianDiffusion
+    from dit import DiT
+
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = get_preset(preset)
+    bf16 = train.use_bf16(amp, device)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    B = cfg.train.batch_size
+    # Random uint8 "digits": throughput does not depend on the pixel values, and the download-free
+    # benchmark runs anywhere. 60,000 of them, like MNIST.
+    images = torch.randint(0, 256, (60_000, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (60_000,))
+
+    if naive:
+        from naive_dit import NaiveDiT, naive_batches
+
+        model = NaiveDiT(cfg.model).to(device)
+        batches = naive_batches(images, labels, B)
+    else:
+        model = DiT(cfg.model).to(device)
+        batches = (b for epoch in range(1000) for b in InMemoryBatches(images, labels, B, device).epoch(epoch))
+    ema = DiT(cfg.model).to(device).requires_grad_(False) if not naive else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    flops = flops_per_image(model, diffusion, min(B, 32), device)
+
+    def step(i):
+        x0, y = next(batches)
+        x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        train.train_step(model, diffusion, optimizer, x0, y, cfg, i, bf16)
+        if ema is not None:
+            train.update_ema(ema, model, train.ema_decay_at(i, cfg))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(3):  # warm-up: allocator, kernels, data pipeline
+        step(i)
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3:
+        step(3 + n)
+        n += 1
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    ips = n * B / elapsed
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {"preset": preset + (" (naive)" if naive else ""), "device": str(device),
+            "amp": "bf16" if bf16 else "fp32", "batch": B, "images_per_sec": ips,
+            "epoch_sec": 60_000 / ips, "peak_mb": peak_mb, "gflop_per_image": flops / 1e9,
+            "achieved_gflops": flops * ips / 1e9,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "cpu", "gpu"])
+    p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "off"])
+    p.add_argument("--naive", action="store_true", help="add the naive implementation's row")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    args = p.parse_args()
+
+    if args.row:
+        preset, amp, naive = args.row.split(",")
+        print(json.dumps(run_row(preset, amp, naive == "1", args.device, args.seconds)))
+        return
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peaks = {dt: matmul_peak_gflops(device, getattr(torch, dt)) for dt in ["float32", "bfloat16"]}
+    print(f"measured matmul peak: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    rows = [(preset, amp, "0") for preset in args.presets for amp in args.amp]
+    if args.naive:
+        rows += [(preset, "off", "1") for preset in args.presets]
+    header = (f"| {'preset':<14} | {'amp':<4} | {'batch':>5} | {'params':>7} | {'images/s':>8} | "
+              f"{'s/epoch':>7} | {'peak MB':>7} | {'GFLOP/img':>9} | {'GFLOP/s':>7} | {'% of peak':>9} |")
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for preset, amp, naive in rows:
+        cmd = [sys.executable, __file__, "--row", f"{preset},{amp},{naive}",
+               "--seconds", str(args.seconds)] + (["--device", str(device)] if args.device else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if res.returncode != 0:
+            print(f"| {preset:<14} | failed: {res.stderr.strip().splitlines()[-1][:80]} |")
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        peak = peaks["bfloat16" if r["amp"] == "bf16" else "float32"]
+        print(f"| {r['preset']:<14} | {r['amp']:<4} | {r['batch']:>5} | {r['params_m']:>6.2f}M | "
+              f"{r['images_per_sec']:>8.0f} | {r['epoch_sec']:>7.0f} | {r['peak_mb']:>7.0f} | "
+              f"{r['gflop_per_image']:>9.3f} | {r['achieved_gflops']:>7.1f} | "
+              f"{100 * r['achieved_gflops'] / peak:>8.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
