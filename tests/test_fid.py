@@ -1,0 +1,398 @@
+"""Tests of fid_computer.py: the Frechet distance against a direct formula, the Inception path with
+random weights (nothing is downloaded), the MNIST classifier and its scores, the caches, sampling
+from a tiny checkpoint, and the errors a user can make."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import linalg
+
+import fid_computer as fc
+import train
+from config import UserError
+from dataset import load_mnist, resolve_data_dir
+from helpers import write_tiny_mnist
+from inference import class_file_name
+
+N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny fake MNIST with its classifier already trained and cached (a few steps: seconds)."""
+    root = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=N_TEST)
+    fc.load_classifier(root, "cpu", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--max-steps", "2", "--out-dir", str(out),
+                       "--data-dir", str(tiny)]) == 0
+    return out / "model.pth"
+
+
+@pytest.fixture
+def random_inception(monkeypatch, tmp_path):
+    """pytorch-fid's InceptionV3 with random (seeded) weights instead of the FID download."""
+    import pytorch_fid.inception as pi
+
+    def random_fid_inception():
+        torch.manual_seed(0)  # the same weights every time, so the statistics cache can hit
+        return pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a test tried to download the Inception weights")
+
+    monkeypatch.setattr(pi, "fid_inception_v3", random_fid_inception)
+    monkeypatch.setattr(pi, "load_state_dict_from_url", no_download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def write_pngs(folder: Path, n: int, size: int = 28, seed: int = 0, labelled: bool = True,
+               brightest: int = 255) -> Path:
+    """n random grayscale images named <index>_<label>.png (or img<index>.png)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, brightest + 1, (n, size, size), generator=g, dtype=torch.uint8)
+    for i in range(n):
+        name = class_file_name(i, i % 10) if labelled else f"img{i}.png"
+        Image.fromarray(pixels[i].numpy()).save(folder / name)
+    return folder
+
+
+def run_main(argv, capsys):
+    """fid_computer.main(argv) -> (status, stdout, stderr)."""
+    status = fc.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def score(out: str, name: str) -> float:
+    line = next(l for l in out.splitlines() if l.startswith(f"{name}: "))
+    return float(line.split(": ", 1)[1])
+
+
+def random_gaussian(d: int, seed: int):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((d, d))
+    return rng.standard_normal(d), a @ a.T / d + 0.1 * np.eye(d)  # mean, SPD covariance
+
+
+# ------------------------------------------------------------------------------ the distance
+
+def test_frechet_distance_of_a_gaussian_with_itself_is_zero():
+    mu, sigma = random_gaussian(20, seed=0)
+    assert abs(fc.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+
+
+def test_equal_covariances_give_the_squared_distance_of_the_means():
+    mu1, sigma = random_gaussian(20, seed=1)
+    mu2 = mu1 + np.arange(20) / 10
+    assert fc.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2),
+                                                                         rel=1e-6)
+
+
+def test_frechet_distance_matches_the_formula_with_scipy_sqrtm():
+    mu1, s1 = random_gaussian(30, seed=2)
+    mu2, s2 = random_gaussian(30, seed=3)
+    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert fc.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(direct, rel=1e-8)
+
+
+def test_feature_statistics_are_the_mean_and_unbiased_covariance():
+    x = np.random.default_rng(4).standard_normal((50, 6))
+    mu, sigma = fc.feature_statistics(x)
+    centred = x - x.mean(axis=0)
+    assert np.allclose(mu, x.mean(axis=0))
+    assert np.allclose(sigma, centred.T @ centred / (len(x) - 1))
+
+
+def test_too_few_images_for_the_feature_size_is_refused():
+    fc.check_enough_images(129, 128, "x", "MNIST-FD", "more")
+    with pytest.raises(UserError, match=r"128 images.*at least 129.*singular"):
+        fc.check_enough_images(128, 128, "x", "MNIST-FD", "more")
+
+
+# ------------------------------------------------------------------------------ Inception
+
+# Random weights and 65 images for 64 dims: a near-singular covariance, which SciPy remarks on.
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_inception_fid_end_to_end_with_random_weights(random_inception, tmp_path, capsys):
+    real = write_pngs(tmp_path / "real", 65, seed=0)  # --dims 64 needs 65 images
+    fake = write_pngs(tmp_path / "fake", 65, seed=1, labelled=False, brightest=60)  # darker
+    common = ["--metric", "inception", "--dims", "64", "--real", real,
+              "--cache-dir", tmp_path / "cache", "--batch-size", 65]
+
+    status, out, err = run_main(common + ["--fake", real], capsys)
+    assert status == 0, err
+    assert abs(score(out, "FID")) < 0.01  # a set against itself
+    assert "saved to" in out
+    assert len(list((tmp_path / "cache").glob("real_inception64_*.npz"))) == 1
+
+    status, out, err = run_main(common + ["--fake", fake], capsys)
+    assert status == 0, err
+    assert "(cached)" in out  # the real set was not processed again
+    assert score(out, "FID") > 0.01  # random weights give small features: small, but not 0
+
+
+def test_missing_inception_weights(monkeypatch, tiny, tmp_path, capsys):
+    """Offline: --metric all says where the weights go and carries on; --metric inception fails."""
+    import pytorch_fid.inception as pi
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(pi, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    where = str(tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    real = tmp_path / "real"
+    fc.export_real_images(tiny, real, progress=False)
+    common = ["--real", real, "--fake", real, "--data-dir", tiny, "--dims", "64",
+              "--cache-dir", tmp_path / "cache"]
+
+    status, out, err = run_main(common + ["--metric", "all"], capsys)
+    assert status == 0, err
+    warning = [l for l in err.splitlines() if "FID skipped" in l]
+    assert len(warning) == 1 and where in warning[0]
+    assert "FID: " not in out and abs(score(out, "MNIST-FD")) < 1e-3
+
+    status, out, err = run_main(common + ["--metric", "inception"], capsys)
+    assert status == 1
+    assert err.startswith("error: ") and where in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ MNIST classifier
+
+def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
+    path = tiny / fc.CLASSIFIER_FILE
+    state = torch.load(path, weights_only=True)
+    assert set(state) >= {"model", "test_accuracy", "config"}
+    assert not list(tiny.glob("*.tmp"))
+    mtime = path.stat().st_mtime_ns
+    model = fc.load_classifier(tiny, "cpu")
+    assert "training" not in capsys.readouterr().out and path.stat().st_mtime_ns == mtime
+    feats, preds = fc.classify(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
+    assert feats.shape == (3, fc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
+
+
+def test_damaged_classifier_file_is_a_user_error(tmp_path):
+    (tmp_path / fc.CLASSIFIER_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="delete it"):
+        fc.load_classifier(tmp_path)
+
+
+def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path):
+    images, labels = load_mnist(tiny, train=False, download=False)
+    folder = tmp_path / "real"
+    fc.export_real_images(tiny, folder, progress=False)
+    cache = tmp_path / "cache"
+    from_folder = fc.mnist_scores(folder, data_dir=tiny, cache_dir=cache)
+    from_tensor = fc.mnist_scores(images, labels, data_dir=tiny, real=folder, cache_dir=cache)
+    assert abs(from_folder["mnist_fd"]) < 1e-6 and abs(from_tensor["mnist_fd"]) < 1e-6
+    assert from_folder["class_accuracy"] == from_tensor["class_accuracy"]  # labels from the names
+    assert from_folder["num_images"] == N_TEST
+    # Floats in [-1, 1], as the sampler returns them, are rounded like a saved PNG: same numbers.
+    as_floats = images.unsqueeze(1).float() / 127.5 - 1
+    assert fc.mnist_scores(as_floats, labels, data_dir=tiny, cache_dir=cache) == from_folder
+    # A different set is further away, and the wrong labels are read as wrong.
+    noisy = (images.float() * 0.5 + 100).to(torch.uint8)
+    assert fc.mnist_scores(noisy, data_dir=tiny, cache_dir=cache)["mnist_fd"] > 1e-3
+    wrong = fc.mnist_scores(images, (labels + 1) % 10, data_dir=tiny, cache_dir=cache)
+    assert wrong["class_accuracy"] < from_folder["class_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
+                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+def test_classifier_on_real_mnist(tmp_path):
+    """Trains the classifier once if ./data has none (minutes on a CPU), then scores the test set."""
+    data_dir = resolve_data_dir()
+    model = fc.load_classifier(data_dir, "cpu")
+    images, labels = load_mnist(data_dir, train=False, download=False)
+    _, preds = fc.classify(model, images)
+    assert (preds == labels).float().mean().item() >= 0.99
+    scores = fc.mnist_scores(images, labels, data_dir=data_dir, classifier=model,
+                             cache_dir=tmp_path)
+    assert abs(scores["mnist_fd"]) < 1e-3 and scores["class_accuracy"] >= 0.99
+    assert min(scores["per_class_accuracy"].values()) >= 0.97
+    # 10,000 training digits are close to the test set; blurred digits are far.
+    train_images, train_labels = load_mnist(data_dir, train=True, download=False)
+    near = fc.mnist_scores(train_images[:10_000], train_labels[:10_000], data_dir=data_dir,
+                           classifier=model, cache_dir=tmp_path)["mnist_fd"]
+    blurred = torch.nn.functional.avg_pool2d(images.unsqueeze(1).float(), 3, 1, 1)[:, 0]
+    far = fc.mnist_scores(blurred.to(torch.uint8), labels, data_dir=data_dir, classifier=model,
+                          cache_dir=tmp_path)["mnist_fd"]
+    assert 0 < near < far
+
+
+# ------------------------------------------------------------------------------ the real set
+
+def test_real_export_writes_each_file_once(tiny, tmp_path):
+    folder = tmp_path / "real"
+    assert fc.export_real_images(tiny, folder, progress=False) == N_TEST
+    images, labels = load_mnist(tiny, train=False, download=False)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [class_file_name(i, k) for i, k in enumerate(labels.tolist())]
+    assert np.array_equal(np.asarray(Image.open(folder / names[7])), images[7].numpy())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert fc.export_real_images(tiny, folder, progress=False) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+    (folder / names[3]).unlink()
+    assert fc.export_real_images(tiny, folder, progress=False) == 1  # only the missing one
+
+
+def test_real_statistics_cache_is_reused_then_invalidated(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default images/real and images/cache land here
+    fake = tmp_path / "fake"
+    fc.export_real_images(tiny, fake, progress=False)
+    argv = ["--metric", "mnist", "--data-dir", tiny, "--fake", fake]
+
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, err
+    assert f"exported {N_TEST}" in out and "saved to" in out
+    # The fakes are a copy of the test set: distance 0, and the classifier's own test accuracy.
+    assert abs(score(out, "MNIST-FD")) < 1e-3
+    accuracy = torch.load(tiny / fc.CLASSIFIER_FILE, weights_only=True)["test_accuracy"]
+    assert score(out, "class accuracy") == pytest.approx(accuracy, abs=1e-4)
+    real = tmp_path / fc.REAL_DIR
+    mtimes = {p.name: p.stat().st_mtime_ns for p in real.iterdir()}
+
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, err
+    assert "exported" not in out and "(cached)" in out
+    assert {p.name: p.stat().st_mtime_ns for p in real.iterdir()} == mtimes
+
+    # Another image under the same name: the cached statistics must not be served.
+    first = sorted(real.iterdir())[0]
+    Image.fromarray(np.full((28, 28), 255, dtype=np.uint8)).save(first)
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, err
+    assert "(cached)" not in out and "saved to" in out
+    assert len(list((tmp_path / fc.CACHE_DIR).glob("real_mnist128_*.npz"))) == 2
+
+
+# ------------------------------------------------------------------------------ sampling
+
+def test_samples_the_default_folder_and_reuses_it(tiny, tiny_checkpoint, tmp_path, monkeypatch,
+                                                 capsys):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "runs" / "default" / "model.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    argv = ["--metric", "mnist", "--data-dir", tiny, "--num", 130]
+
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, err
+    fake = tmp_path / fc.FAKE_DIR
+    names = sorted(p.name for p in fake.iterdir() if not p.name.startswith("."))
+    assert names == [class_file_name(i, i // 13) for i in range(130)]  # 13 of each digit
+    assert score(out, "class accuracy") >= 0 and score(out, "MNIST-FD") > 0
+    mtimes = {p.name: p.stat().st_mtime_ns for p in fake.iterdir()}
+
+    status, out, err = run_main(argv, capsys)  # same settings: nothing sampled
+    assert status == 0, err
+    assert "sampled earlier" in out
+    assert {p.name: p.stat().st_mtime_ns for p in fake.iterdir()} == mtimes
+
+    status, out, err = run_main(argv + ["--steps", 3], capsys)  # other settings: sampled anew
+    assert status == 0, err
+    assert "settings changed" in out and "steps" in out and "wrote 130 images" in out
+    assert not list(tmp_path.glob("images/.*partial"))
+
+
+def test_sampling_errors(tiny, tiny_checkpoint, tmp_path, capsys):
+    base = ["--metric", "mnist", "--data-dir", tiny, "--checkpoint", tiny_checkpoint,
+            "--real", write_pngs(tmp_path / "real", 130), "--cache-dir", tmp_path / "cache"]
+    theirs = write_pngs(tmp_path / "theirs", 130)
+    (theirs / "notes.txt").write_text("keep me")
+    cases = [
+        (["--fake", tmp_path / "new", "--regenerate", "--num", 135], "multiple of 10"),
+        (["--fake", tmp_path / "new", "--regenerate", "--num", 50], "at least 129"),
+        (["--fake", theirs, "--regenerate", "--num", 130], "did not write"),
+        (["--fake", tmp_path / "real", "--regenerate", "--num", 130], "same folder"),
+        (["--fake", write_pngs(tmp_path / "plain", 130), "--steps", 5], "only apply when sampling"),
+        (["--fake", tmp_path / "new", "--regenerate", "--steps", 0], "--steps must be"),
+    ]
+    for extra, message in cases:
+        status, out, err = run_main(base + extra, capsys)
+        assert status == 1 and err.startswith("error: ") and message in err, (extra, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (theirs / "notes.txt").read_text() == "keep me"  # nothing lost
+    assert len(list(theirs.glob("*.png"))) == 130 and not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+@pytest.fixture
+def folders(tiny, tmp_path):
+    """A real set and a few broken fake folders, each next to the real one."""
+    real = tmp_path / "real"
+    fc.export_real_images(tiny, real, progress=False)
+    (tmp_path / "empty").mkdir()
+    write_pngs(tmp_path / "few", 50)
+    write_pngs(tmp_path / "text", 140)
+    (tmp_path / "text" / "notes.txt").write_text("not an image")
+    write_pngs(tmp_path / "mixed", 140)
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "mixed" / "00099_9.png")
+    write_pngs(tmp_path / "big", 140, size=32)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fake, message", [
+    ("missing", "no images in {d}/missing (no such folder)"),
+    ("empty", "no images in {d}/empty: pass a folder"),
+    ("few", "{d}/few: 50 images, but the MNIST-FD with 128-dim features needs at least 129: "
+            "the covariance of 128-dim features from fewer than 129 images is singular"),
+    ("text", "{d}/text/notes.txt is not a readable image"),
+    ("mixed", "images of mixed sizes in {d}/mixed"),
+    ("big", "are 32 x 32 pixels; the MNIST classifier reads 28 x 28 digits"),
+])
+def test_bad_fake_folder_gives_one_line_error(folders, tiny, fake, message, capsys):
+    status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real", folders / "real",
+                                 "--fake", folders / fake, "--cache-dir", folders / "cache"], capsys)
+    assert status == 1
+    assert err.startswith("error: ") and message.format(d=folders) in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_real_folder_and_unknown_flag(folders, tiny, capsys):
+    status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real",
+                                 folders / "nowhere", "--fake", folders / "real"], capsys)
+    assert status == 1 and "no real folder" in err
+    with pytest.raises(SystemExit) as e:
+        fc.main(["--metric", "mnist", "--bogus"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        fc.main(["--dims", "100"])  # not one of pytorch-fid's feature sizes
+
+
+def test_names_without_labels_skip_only_the_class_accuracy(folders, tiny, capsys):
+    write_pngs(folders / "unlabelled", 140, labelled=False)
+    status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real",
+                                 folders / "real", "--fake", folders / "unlabelled",
+                                 "--cache-dir", folders / "cache"], capsys)
+    assert status == 0, err
+    assert score(out, "MNIST-FD") > 0 and "class accuracy: " not in out
+    assert "class accuracy skipped" in err and "img0.png" in err
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    """As a user sees it: a separate process, one line on stderr, exit status 1."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "fid_computer.py"), "--metric", "mnist",
+                           "--real", str(tmp_path / "nothing"), "--fake", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: no real folder {tmp_path / 'nothing'}"]
