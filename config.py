@@ -22,6 +22,30 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag value, missing file); scripts print it as one line."""
 
 
+def pick_device(flag: str | None = None):
+    """The torch device to run on: the flag if given, else CUDA when present, else the CPU."""
+    import torch
+
+    try:
+        device = torch.device(flag or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"unknown device {flag!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {flag} asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {flag!r} is not supported here: use cpu or cuda")
+    return device
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and for the CPU allocator's RuntimeError."""
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                         or "out of memory" in str(e).lower()))
+
+
 @dataclass
 class ModelConfig:
     image_size: int = 28  # MNIST digits are 28 x 28 pixels
@@ -36,6 +60,12 @@ class ModelConfig:
     #                                  also learns the unconditional model that guidance needs
 
     def __post_init__(self) -> None:
+        for name in ["image_size", "in_channels", "patch_size", "hidden_size", "depth",
+                     "num_heads", "num_classes"]:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0:
+            raise UserError(f"--mlp-ratio must be positive, got {self.mlp_ratio}")
         if self.image_size % self.patch_size != 0:
             raise UserError(
                 f"patch size {self.patch_size} does not divide image size {self.image_size}: "
@@ -83,7 +113,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     sampler: str = "ddim"  # DDIM reaches DDPM-like quality in ~50 steps instead of 1000
-    steps: int = 50  # DDIM steps (DDPM always uses all T)
+    steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T)
     eta: float = 0.0  # 0 = deterministic DDIM (Song et al. 2021); 1 = DDPM-like noise
     cfg_scale: float = 2.0  # classifier-free guidance scale; 1 = plain conditional model
 

@@ -2,7 +2,7 @@
 
 torchvision reads (and, when online, downloads) the four original IDX files once; after that the
 60,000 training digits live in one uint8 tensor of 60000 x 28 x 28 = 47 MB, on the training device
-when there is room. A batch is then a single index operation plus a scale to [-1, 1], instead of
+(CPU memory or the GPU). A batch is then a single index operation plus a scale to [-1, 1], instead of
 60,000 PIL conversions per epoch through a DataLoader: on a 2-core CPU that per-sample work would
 cost more time than a small model's training step.
 
@@ -94,6 +94,8 @@ class InMemoryBatches:
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) with x float (B, 1, 28, 28) in [-1, 1] and y int64 (B,), skipping the
         first `skip` batches (to resume in the middle of an epoch)."""
+        # 1,000,003 is a prime larger than any epoch count: distinct (seed, epoch) pairs never
+        # give the same generator seed.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.images), generator=g)
         order = order[self.rank : self.per_rank * self.world_size : self.world_size]  # this rank's shard

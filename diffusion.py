@@ -9,12 +9,12 @@ named as in the papers and the code cites the equation it follows:
   PLMS: Liu et al., "Pseudo Numerical Methods for Diffusion Models on Manifolds", 2022 (PNDM)
   DPM-Solver++: Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", 2022 (arXiv:2211.01095)
-  Trailing timesteps: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024
+  Timesteps from T-1: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024
 
-Notation: x_0 a clean image in [-1, 1], x_t its noised version at step t = 0 .. T-1 (the papers
-count 1 .. T; index t here is the paper's t + 1), beta_t the variance added at step t,
-alpha_t = 1 - beta_t, alpha-bar_t = alpha_1 * ... * alpha_t, eps ~ N(0, I) the noise the model
-predicts.
+Notation: x_0 a clean image in [-1, 1], x_t its noised version, eps ~ N(0, I) the noise the model
+predicts, beta_t the variance added at step t, alpha_t = 1 - beta_t and alpha-bar_t the product of
+the alphas up to t. The papers count steps 1 .. T; the code indexes them 0 .. T-1, so code index t
+is the paper's step t + 1 and `alphas_cumprod[t] = prod(alphas[:t + 1])`.
 
 The samplers accept any `model` with a method `forward_with_cfg(x, t, y, cfg_scale) -> eps`
 (the DiT of dit.py has it), so tests can plug in an oracle that knows the answer.
@@ -275,7 +275,7 @@ class GaussianDiffusion:
             D = (1 + 1 / (2 r)) x0_theta(x_t, t) - 1 / (2 r) x0_theta(previous)
 
         The last step goes to alpha-bar = 1 (sigma = 0, lambda = infinity), where the update is
-        just x_0 = x0_theta: first order, as recommended for few steps ("lower order final").
+        just x_0 = x0_theta: first order of necessity, since h is infinite there (r = 0).
         Deterministic (eta is unused).
         """
         prev_x0, prev_h = None, None
@@ -306,7 +306,7 @@ class GaussianDiffusion:
                return_intermediates: bool = False, progress: bool = False):
         """Draw len(y) images of `shape` with the named sampler (see SAMPLERS), guided by cfg_scale.
 
-        DDPM always takes all T steps; the others take `steps` trailing timesteps. Returns x_0
+        DDPM always takes all T steps; the others take `steps` (see sampler_timesteps). Returns x_0
         (float32), or (x_0, trajectory) where the trajectory (n_steps + 1, B, C, H, W) runs from
         the starting noise x_T to x_0, kept on the CPU. Noise comes from `generator` (which must
         live on y's device), so a seeded generator makes the samples reproducible.

@@ -36,9 +36,9 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """
     B, C, H, W = x.shape
     h, w = H // p, W // p
-    x = x.reshape(B, C, h, p, w, p)
+    x = x.reshape(B, C, h, p, w, p)  # split each side into (patch index, pixel within patch)
     x = torch.einsum("bchpwq->bhwpqc", x)  # (B, h, w, p, p, C)
-    return x.reshape(B, h * w, p * p * C)
+    return x.reshape(B, h * w, p * p * C)  # (B, N, p * p * C)
 
 
 def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
@@ -46,9 +46,9 @@ def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     B, N, _ = x.shape
     h = w = int(N**0.5)
     assert h * w == N, f"{N} tokens do not form a square grid"
-    x = x.reshape(B, h, w, p, p, channels)
+    x = x.reshape(B, h, w, p, p, channels)  # (B, h, w, p, p, C)
     x = torch.einsum("bhwpqc->bchpwq", x)  # (B, C, h, p, w, p)
-    return x.reshape(B, channels, h * p, w * p)
+    return x.reshape(B, channels, h * p, w * p)  # (B, C, H, W)
 
 
 def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels (10 = null)."""
+        """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels, where the
+        label num_classes (10 for MNIST) is the null label."""
         x = x.to(self.pos_embed.dtype)  # the samplers keep x_t in float64; the network is float32
         tokens = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
@@ -175,7 +176,8 @@ class DiT(nn.Module):
             eps = eps(x, t, null) + s * (eps(x, t, y) - eps(x, t, null))
 
         s = 1 is the conditional model, s = 0 the unconditional one, s > 1 pushes samples towards
-        what makes them look like class y. Both halves run in one batched forward pass.
+        what makes them look like class y. (Ho & Salimans write the same with w = s - 1:
+        (1 + w) eps(y) - w eps(null).) Both halves run in one batched forward pass.
         """
         null = torch.full_like(y, self.config.num_classes)
         if cfg_scale == 1.0:

@@ -16,7 +16,7 @@ zero (see `DiT.initialize_weights` in dit.py): every gate is 0, so each block st
 and the network is easy to optimise at first; the paper found this beat cross-attention and
 in-context conditioning (Table 1, Figure 5).
 
-Letters used in shape comments: B batch, N tokens, D width, H heads, Dh = D / H head width.
+Letters used in shape comments: B batch, N tokens, D width, NH heads, Dh = D / NH head width.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape  # batch, tokens, width
-        H, Dh = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
+        NH, Dh = self.num_heads, self.head_dim
+        qkv = self.qkv(x).reshape(B, N, 3, NH, Dh).permute(2, 0, 3, 1, 4)  # (3, B, NH, N, Dh)
+        q, k, v = qkv.unbind(0)  # each (B, NH, N, Dh)
         # softmax(q k^T / sqrt(Dh)) v; the default scale of scaled_dot_product_attention is
         # exactly 1 / sqrt(q.size(-1)) = 1 / sqrt(Dh). It picks a fused kernel where one exists.
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
-        out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, H * Dh) = (B, N, D)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, NH, N, Dh)
+        out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, NH * Dh) = (B, N, D)
         return self.proj(out)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from config import Config, UserError
+from config import Config, UserError, is_out_of_memory, pick_device
 from dataset import to_uint8
 from diffusion import SAMPLERS, GaussianDiffusion
 from dit import DiT
@@ -54,22 +54,32 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
     return ckpt
 
 
+def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
+    """The Config stored in a checkpoint, or a UserError if this code cannot read it."""
+    try:
+        return Config.from_dict(ckpt["config"])
+    except (TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{path} has a config this code does not know ({e}): was it written by "
+                        "another version of train.py?") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """load_state_dict, with a UserError when the shapes do not match the stored config."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:  # optimisers raise ValueError or KeyError
+        detail = str(e).strip().splitlines()[-1].strip()[:150]
+        raise UserError(f"the weights in {path} do not match its config ({detail}): the file is "
+                        "damaged or was edited; retrain it") from None
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu",
                use_ema: bool = True) -> tuple[DiT, Config]:
     """Rebuild the DiT from the config inside the checkpoint and load its (EMA) weights."""
     ckpt = read_checkpoint(path)
-    try:
-        cfg = Config.from_dict(ckpt["config"])
-    except (TypeError, KeyError) as e:
-        raise UserError(f"{path} has a config this code does not know ({e}): was it written by "
-                        "another version of train.py?") from None
+    cfg = checkpoint_config(ckpt, path)
     model = DiT(cfg.model)
-    try:
-        model.load_state_dict(ckpt["ema" if use_ema else "model"])
-    except RuntimeError as e:
-        detail = str(e).strip().splitlines()[-1].strip()[:150]
-        raise UserError(f"the weights in {path} do not match its config ({detail}): the file is "
-                        "damaged or was edited; retrain it") from None
+    load_weights(model, ckpt["ema" if use_ema else "model"], path)
     return model.to(device).eval(), cfg
 
 
@@ -92,6 +102,40 @@ def check_sampling_args(cfg: Config, sampler: str, steps: int, eta: float, cfg_s
                             f"{cfg.model.num_classes - 1}")
 
 
+def apply_sampling_flags(cfg: Config, sampler: str | None = None, steps: int | None = None,
+                         eta: float | None = None, cfg_scale: float | None = None) -> None:
+    """Override the checkpoint's sampler settings with the flags that were given (None = keep)."""
+    s = cfg.sample
+    s.sampler = sampler if sampler is not None else s.sampler
+    s.steps = steps if steps is not None else s.steps
+    s.eta = eta if eta is not None else s.eta
+    s.cfg_scale = cfg_scale if cfg_scale is not None else s.cfg_scale
+
+
+def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
+    """0, 0, ..., 1, 1, ..., 9: per_class labels of each class, class-major (grid row k = digit k)."""
+    return torch.arange(num_classes, device=device).repeat_interleave(per_class)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo
+    (Linux). Without them bf16 arithmetic is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16_sampling(device: torch.device) -> bool:
+    """bf16 autocast for sampling on CUDA, and on CPUs with native bf16 instructions, where it
+    made the default model's forward pass faster on the project's 2-core CPU (see README); the
+    sampler's own arithmetic stays in float64."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def generate(model: DiT, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Config,
              generator: torch.Generator | None = None, bf16: bool = False,
              return_intermediates: bool = False, progress: bool = False):
@@ -110,7 +154,7 @@ def sample_class_grid(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per
                       digits: list[int] | None = None) -> torch.Tensor:
     """per_class samples of each digit, digit-major: with nrow=per_class, row k shows digit k."""
     digits = list(range(cfg.model.num_classes)) if digits is None else digits
-    labels = torch.tensor(digits, device=device).repeat_interleave(per_class)
+    labels = torch.tensor(digits, device=device).repeat_interleave(per_class)  # row k = digits[k]
     return generate(model, diffusion, labels, cfg, generator, bf16)
 
 
@@ -140,9 +184,9 @@ def save_trajectory(trajectory: torch.Tensor, labels: list[int], path: str | Pat
             ax.imshow(trajectory[idx, r, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                t = timesteps[idx - 1] if idx > 0 else None  # x after the step at timesteps[idx-1]
-                ax.set_title("noise" if idx == 0 else ("x_0" if idx == S else f"t={t}"), fontsize=8)
+            if r == 0:  # trajectory[idx] sits at noise level timesteps[idx]; the last one is x_0
+                ax.set_title("x_T (noise)" if idx == 0 else ("x_0" if idx == S else f"t={timesteps[idx]}"),
+                             fontsize=8)
             if c == 0:
                 ax.set_ylabel(str(label), rotation=0, labelpad=10)
     fig.suptitle("denoising: from x_T (pure noise) to x_0", fontsize=10)
@@ -166,7 +210,7 @@ def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, pe
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = torch.arange(cfg.model.num_classes).repeat_interleave(per_class)  # 0,0,..,1,1,..
+    labels = class_labels(cfg.model.num_classes, per_class)
     generator = torch.Generator(device).manual_seed(seed)
     paths = []
     with tqdm(total=len(labels), desc="images", unit="img", disable=not progress) as bar:
@@ -206,20 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
+    apply_sampling_flags(cfg, args.sampler, args.steps, args.eta, args.cfg_scale)
     s = cfg.sample
-    s.sampler = args.sampler or s.sampler
-    s.steps = args.steps if args.steps is not None else s.steps
-    s.eta = args.eta if args.eta is not None else s.eta
-    s.cfg_scale = args.cfg_scale if args.cfg_scale is not None else s.cfg_scale
     check_sampling_args(cfg, s.sampler, s.steps, s.eta, s.cfg_scale, args.labels)
     if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
         raise UserError("--per-row and --batch-size must be positive, --num-per-class 0 or more")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    bf16 = device.type == "cuda"
+    bf16 = use_bf16_sampling(device)
     steps_text = f"{cfg.diffusion.num_timesteps}" if s.sampler == "ddpm" else f"{s.steps}"
     print(f"device: {device} | {s.sampler} with {steps_text} steps, eta {s.eta}, "
           f"guidance {s.cfg_scale} | seed {args.seed}")
@@ -245,7 +284,9 @@ def run(args: argparse.Namespace) -> None:
             path = ckpt_dir / "trajectory.png"
             save_trajectory(trajectory, digits, path, timesteps)
             print(f"trajectory: {path}")
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
         raise UserError(f"sampling ran out of memory on {device}: pass a smaller --batch-size "
                         "or --per-row") from None
 

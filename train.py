@@ -34,11 +34,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from config import PRESETS, Config, UserError, get_preset
+from config import PRESETS, Config, UserError, get_preset, is_out_of_memory, pick_device
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir
 from diffusion import GaussianDiffusion
 from dit import DiT
-from inference import read_checkpoint, sample_class_grid, save_grid
+from inference import (checkpoint_config, load_weights, read_checkpoint, sample_class_grid,
+                       save_grid, use_bf16_sampling)
 
 CHECKPOINT_NAME = "model.pth"
 
@@ -137,11 +138,7 @@ class Runtime:
 
 def setup_runtime(device_flag: str | None) -> Runtime:
     """One process (plain `python train.py`), or one of several started by torchrun."""
-    if device_flag is None:
-        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_flag)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    device = pick_device(device_flag)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Runtime(device)
@@ -177,8 +174,8 @@ def ema_decay_at(step: int, cfg: Config) -> float:
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema = decay * ema + (1 - decay) * model, parameter by parameter."""
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)  # e + (1 - decay) (p - e)
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -190,10 +187,14 @@ def lr_at(step: int, cfg: Config) -> float:
 # ------------------------------------------------------------------------------ checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: to a temporary file in the same folder, then rename over the old one.
-    A crash or SIGKILL mid-write leaves the previous checkpoint intact."""
+    """Write atomically: to a temporary file in the same folder, flushed to the disk, then renamed
+    over the old one (os.replace is atomic). A crash, SIGKILL or power cut mid-write leaves the
+    previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -287,15 +288,22 @@ def train(args: argparse.Namespace) -> int:
             raise UserError(f"nothing to resume: no checkpoint at {ckpt_path}; drop --resume to "
                             "start a new run, or pass the --out-dir of the run to continue")
         checkpoint = read_checkpoint(ckpt_path, with_training_state=True)
-        cfg = config_from_args(args, base=Config.from_dict(checkpoint["config"]))
+        cfg = config_from_args(args, base=checkpoint_config(checkpoint, ckpt_path))
     else:
         if ckpt_path.exists() and not args.overwrite:
             raise UserError(f"{ckpt_path} already exists: pass --resume to continue that run, "
                             "--overwrite to replace it, or another --out-dir")
         cfg = config_from_args(args)
 
-    torch.manual_seed(cfg.train.seed + rt.rank)  # each rank draws its own noise and timesteps
     bf16 = use_bf16(args.amp, rt.device)
+    if checkpoint is not None:
+        # Exact resume needs the same processes and precision: the data shards, each rank's RNG
+        # stream and the arithmetic all depend on them.
+        was = (checkpoint.get("world_size", 1), checkpoint.get("bf16", bf16))
+        if was != (rt.world_size, bf16):
+            raise UserError(f"{ckpt_path} was trained with {was[0]} process(es) and bf16 "
+                            f"{'on' if was[1] else 'off'}; resume it the same way (torchrun "
+                            f"--nproc_per_node, --amp), or start a new run")
     if rt.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 rate on Ampere+
         torch.backends.cudnn.allow_tf32 = True
@@ -304,21 +312,22 @@ def train(args: argparse.Namespace) -> int:
     batches = InMemoryBatches(images, labels, cfg.train.batch_size, rt.device, cfg.train.seed,
                               rt.rank, rt.world_size)
 
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = DiT(cfg.model).to(rt.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    torch.manual_seed(cfg.train.seed + rt.rank)  # but each rank draws its own noise and timesteps
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     log_path = out_dir / "log.csv"
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        ema.load_state_dict(checkpoint["ema"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_weights(model, checkpoint["model"], ckpt_path)
+        load_weights(ema, checkpoint["ema"], ckpt_path)
+        load_weights(optimizer, checkpoint["optimizer"], ckpt_path)
         step = checkpoint["step"]
         seconds_before = checkpoint.get("train_seconds", 0.0)
-        rngs = checkpoint["rng"]
-        set_rng_state(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
+        set_rng_state(checkpoint["rng"][rt.rank], rt.device)
     log_rows = read_log(log_path, step) if checkpoint is not None else []
 
     steps_per_epoch = len(batches)
@@ -362,6 +371,8 @@ def train(args: argparse.Namespace) -> int:
             "train_seconds": seconds_before + time.time() - t_start,
             "epoch": step // steps_per_epoch,
             "rng": gather_rng(),
+            "world_size": rt.world_size,
+            "bf16": bf16,
             "config": cfg.to_dict(),
         }
 
@@ -376,94 +387,102 @@ def train(args: argparse.Namespace) -> int:
         path = out_dir / "samples" / name
         g = torch.Generator(rt.device).manual_seed(cfg.train.seed)
         grid = sample_class_grid(ema, diffusion, cfg, per_class=10, device=rt.device, generator=g,
-                                 bf16=bf16)
+                                 bf16=use_bf16_sampling(rt.device))
         save_grid(grid, path, nrow=10)
         return path
 
-    # Ctrl-C (SIGINT) and SIGTERM finish the current step, then save and exit.
-    stop_requested = []
+    stop_requested: list[int] = []  # signals received, filled by the handler installed below
+    t_start = time.time()  # when this process began training (reset as the loop starts)
+
+    def time_is_up() -> bool:
+        limit = cfg.train.time_limit
+        return limit > 0 and seconds_before + time.time() - t_start >= 60 * limit
+
+    def agree(stop: bool, nonfinite: bool) -> tuple[bool, bool]:
+        """With several processes every rank must stop after the same step, or the next gradient
+        all-reduce would wait forever: the ranks share their reasons to stop (a signal, the time
+        limit, a NaN loss) and all act on any of them."""
+        if rt.world_size == 1:
+            return stop, nonfinite
+        flags = torch.tensor([float(stop), float(nonfinite)], device=rt.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def train_loop() -> int:
+        nonlocal step, t_start
+        start_step, t_start = step, time.time()
+        t_last, seen_since_log = time.time(), 0
+        bar = tqdm(total=total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True,
+                   unit="step")
+        stop = False
+        try:
+            while step < total_steps and not stop:
+                epoch, skip = divmod(step, steps_per_epoch)
+                for x0, y in batches.epoch(epoch, skip=skip):
+                    loss = train_step(train_model, diffusion, optimizer, x0, y, cfg, step, bf16)
+                    stop, nonfinite = agree(bool(stop_requested) or time_is_up(), not math.isfinite(loss))
+                    if nonfinite:
+                        raise NonFiniteLoss(f"loss is {loss} at step {step + 1}")
+                    update_ema(ema, model, ema_decay_at(step, cfg))
+                    step += 1
+                    seen_since_log += x0.shape[0] * rt.world_size
+                    bar.update(1)
+                    if step % cfg.train.log_every == 0 or step == total_steps:
+                        now = time.time()
+                        ips = seen_since_log / max(now - t_last, 1e-9)
+                        log_rows.append({"step": step, "epoch": epoch, "loss": loss,
+                                         "lr": lr_at(step - 1, cfg), "images_per_sec": ips,
+                                         "elapsed_sec": seconds_before + now - t_start})
+                        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
+                        t_last, seen_since_log = now, 0
+                    if step % cfg.train.checkpoint_every == 0:
+                        save(checkpoint_state())
+                    if step % sample_every == 0 and step != total_steps and rt.is_main and not stop:
+                        bar.write(f"samples at step {step}: {save_samples(f'step_{step:07d}.png')}")
+                    if step >= total_steps or stop:
+                        break
+        except NonFiniteLoss as e:
+            last = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+                    else "no checkpoint was written")
+            raise UserError(f"training stopped: {e}; {last}. Try a lower --lr or --amp off") from None
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(f"batch size {cfg.train.batch_size} does not fit in memory on "
+                            f"{rt.device}: pass a smaller --batch-size") from None
+        finally:
+            bar.close()
+
+        save(checkpoint_state())
+        if rt.world_size > 1:
+            check_ranks_in_sync(model, rt)
+        if not rt.is_main:
+            return 0
+        elapsed = time.time() - t_start
+        done = step - start_step
+        print(f"trained {done} steps in {elapsed:.0f} s "
+              f"({done * cfg.train.batch_size * rt.world_size / max(elapsed, 1e-9):.0f} images/s); "
+              f"checkpoint: {ckpt_path}")
+        if step < total_steps and not time_is_up():  # a signal, here or in another process
+            print(f"stopped early at step {step} of {total_steps}: continue with "
+                  f"python train.py --resume --out-dir {out_dir}")
+            return 128 + (stop_requested[0] if stop_requested else signal.SIGINT)  # 130 for Ctrl-C
+        if step < total_steps:
+            print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
+        print(f"samples: {save_samples('final.png')}")
+        print(f"loss curve: {out_dir / 'loss.png'}; log: {log_path}")
+        return 0
+
+    # Ctrl-C (SIGINT) and SIGTERM finish the current step, then save and exit; a signal during
+    # the final save and samples is noted and changes nothing.
     def request_stop(signum, frame):
         stop_requested.append(signum)
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def agree_to_stop() -> bool:
-        """Stop on a signal or at the time limit. With several processes all ranks must stop
-        after the same step (or the next gradient all-reduce would wait forever): they agree."""
-        limit = cfg.train.time_limit
-        stop = bool(stop_requested) or (limit > 0 and seconds_before + time.time() - t_start >= 60 * limit)
-        if rt.world_size > 1:
-            flag = torch.tensor([float(stop)], device=rt.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
-
-    start_step, t_start = step, time.time()
-    t_last, seen_since_log = time.time(), 0
-    bar = tqdm(total=total_steps, initial=step, disable=not rt.is_main, dynamic_ncols=True,
-               unit="step")
-    status, stop = 0, False
     try:
-        while step < total_steps and not stop:
-            epoch, skip = divmod(step, steps_per_epoch)
-            for x0, y in batches.epoch(epoch, skip=skip):
-                loss = train_step(train_model, diffusion, optimizer, x0, y, cfg, step, bf16)
-                if not math.isfinite(loss):
-                    raise NonFiniteLoss(f"loss is {loss} at step {step + 1}")
-                update_ema(ema, model, ema_decay_at(step, cfg))
-                step += 1
-                seen_since_log += x0.shape[0] * rt.world_size
-                bar.update(1)
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    now = time.time()
-                    ips = seen_since_log / max(now - t_last, 1e-9)
-                    log_rows.append({"step": step, "epoch": epoch, "loss": loss, "lr": lr_at(step - 1, cfg),
-                                     "images_per_sec": ips, "elapsed_sec": now - t_start})
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
-                    t_last, seen_since_log = now, 0
-                if step % cfg.train.checkpoint_every == 0:
-                    save(checkpoint_state())
-                if step % sample_every == 0 and step != total_steps and rt.is_main:
-                    bar.write(f"samples at step {step}: {save_samples(f'step_{step:07d}.png')}")
-                stop = agree_to_stop()
-                if step >= total_steps or stop:
-                    break
-    except NonFiniteLoss as e:
-        bar.close()
-        last = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
-        raise UserError(f"training stopped: {e}; {last}. Try a lower --lr or --amp off") from None
-    except torch.OutOfMemoryError:
-        bar.close()
-        raise UserError(f"batch size {cfg.train.batch_size} does not fit in memory on {rt.device}: "
-                        "pass a smaller --batch-size") from None
-    except RuntimeError as e:
-        if "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
-            bar.close()
-            raise UserError(f"batch size {cfg.train.batch_size} does not fit in memory on "
-                            f"{rt.device}: pass a smaller --batch-size") from None
-        raise
+        return train_loop()
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-    bar.close()
-
-    save(checkpoint_state())
-    if rt.world_size > 1:
-        check_ranks_in_sync(model, rt)
-    if rt.is_main:
-        elapsed = time.time() - t_start
-        done = step - start_step
-        print(f"trained {done} steps in {elapsed:.0f} s ({done * cfg.train.batch_size * rt.world_size / max(elapsed, 1e-9):.0f} images/s)"
-              f"; checkpoint: {ckpt_path}")
-        if stop_requested:
-            print(f"stopped early at step {step} of {total_steps}: continue with "
-                  f"python train.py --resume --out-dir {out_dir}")
-            status = 130
-        else:
-            if step < total_steps:
-                print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
-            print(f"samples: {save_samples('final.png')}")
-            print(f"loss curve: {out_dir / 'loss.png'}; log: {log_path}")
-    return status
 
 
 def check_ranks_in_sync(model: torch.nn.Module, rt: Runtime) -> None:

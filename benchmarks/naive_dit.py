@@ -30,11 +30,11 @@ class NaiveAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape  # batch, tokens, width
-        H, Dh = self.num_heads, self.head_dim
-        q = self.q(x).reshape(B, N, H, Dh).transpose(1, 2)  # (B, H, N, Dh)
-        k = self.k(x).reshape(B, N, H, Dh).transpose(1, 2)
-        v = self.v(x).reshape(B, N, H, Dh).transpose(1, 2)
-        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(Dh), dim=-1)  # (B, H, N, N)
+        NH, Dh = self.num_heads, self.head_dim
+        q = self.q(x).reshape(B, N, NH, Dh).transpose(1, 2)  # (B, NH, N, Dh)
+        k = self.k(x).reshape(B, N, NH, Dh).transpose(1, 2)
+        v = self.v(x).reshape(B, N, NH, Dh).transpose(1, 2)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(Dh), dim=-1)  # (B, NH, N, N)
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, D))
 
 

@@ -33,19 +33,21 @@ def main() -> None:
 
     import torch
 
+    from config import pick_device
+
     from config import get_preset
     from diffusion import GaussianDiffusion
     from dit import DiT
-    from inference import load_model
+    from inference import load_model, use_bf16_sampling
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, device)
     else:
         cfg = get_preset(args.preset)
         model = DiT(cfg.model).to(device).eval()
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    bf16 = device.type == "cuda"
+    bf16 = use_bf16_sampling(device)
     labels = torch.arange(args.num, device=device) % 10
     shape = (args.num, 1, cfg.model.image_size, cfg.model.image_size)
     print(f"device: {device} | model: {'checkpoint ' + args.checkpoint if args.checkpoint else 'preset ' + args.preset} "

@@ -4,8 +4,9 @@
     python benchmarks/time_to_quality.py --budgets 5 10 --out-dir runs/ttq -- --lr 3e-3
 
 One training run, continued budget after budget with `train.py --resume --time-limit`: resuming
-is exact (tested), so the checkpoint after the 10-minute budget is the one a single 10-minute run
-would have written. The budgets count training time only (sample grids during training are
+is exact (tested), so the checkpoint after the 10-minute budget is what a single 10-minute run
+would have written, up to where the clock stops it (the step count varies a little from run to
+run with the machine's load). The budgets count training time only (sample grids during training are
 turned off here); sampling and scoring happen between budgets, off the clock. After each budget
 the EMA model draws `--num` digits (the same number of each, the checkpoint's default sampler and
 guidance, a fixed seed) and fid_computer's MNIST classifier scores them: MNIST-FD (Frechet
@@ -41,12 +42,14 @@ def main() -> None:
 
     import torch
 
+    from config import pick_device
+
     import train
     from diffusion import GaussianDiffusion
     from fid_computer import load_classifier, mnist_scores
-    from inference import generate, load_model
+    from inference import class_labels, generate, load_model, use_bf16_sampling
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     ckpt = Path(args.out_dir) / train.CHECKPOINT_NAME
     classifier = load_classifier(args.data_dir, device)
     data_flags = ["--data-dir", args.data_dir] if args.data_dir else []
@@ -65,12 +68,11 @@ def main() -> None:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model, cfg = load_model(ckpt, device)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-        labels = torch.arange(cfg.model.num_classes, device=device).repeat_interleave(
-            args.num // cfg.model.num_classes)
+        labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes, device)
         g = torch.Generator(device).manual_seed(args.seed)
         t = time.perf_counter()
-        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=device.type == "cuda")
-                            for chunk in labels.split(250)])
+        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=use_bf16_sampling(device))
+                            for chunk in labels.split(250)])  # 250 at a time: bounded memory
         sample_sec = time.perf_counter() - t
         scores = mnist_scores(images, labels.cpu(), data_dir=args.data_dir, device=device,
                               classifier=classifier)

@@ -12,8 +12,9 @@ backward) times images/s, over the peak.
 `--naive` adds a row for a straightforward implementation of the same model size, as a
 reference point: a torch DataLoader over torchvision's MNIST-style PIL images with ToTensor and
 Normalize per sample, separate Q, K and V projections and attention written out as
-softmax(Q K^T / sqrt(d)) V with the N x N matrix materialised. Both run in this one process,
-one after the other, so the ratio is measured under the same conditions.
+softmax(Q K^T / sqrt(d)) V with the N x N matrix materialised. It does the same work per step
+(the training step and the EMA update) and runs in the same command, right after the others, so
+the ratio is measured under the same conditions.
 
 Each row runs in a fresh subprocess so that peak memory (CPU: peak resident set size;
 CUDA: torch.cuda.max_memory_allocated) belongs to that row alone.
@@ -70,6 +71,7 @@ def flops_per_image(model, diffusion, batch_size: int, device) -> float:
 
 def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds: float) -> dict:
     """Time one configuration; runs inside its own subprocess (see main)."""
+    import copy
     import resource
 
     import torch
@@ -102,7 +104,7 @@ def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds
     else:
         model = DiT(cfg.model).to(device)
         batches = (b for epoch in range(1000) for b in InMemoryBatches(images, labels, B, device).epoch(epoch))
-    ema = DiT(cfg.model).to(device).requires_grad_(False) if not naive else None
+    ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     flops = flops_per_image(model, diffusion, min(B, 32), device)
 
@@ -110,8 +112,7 @@ def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds
         x0, y = next(batches)
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
         train.train_step(model, diffusion, optimizer, x0, y, cfg, i, bf16)
-        if ema is not None:
-            train.update_ema(ema, model, train.ema_decay_at(i, cfg))
+        train.update_ema(ema, model, train.ema_decay_at(i, cfg))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -153,7 +154,9 @@ def main() -> None:
 
     import torch
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from config import pick_device
+
+    device = pick_device(args.device)
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peaks = {dt: matmul_peak_gflops(device, getattr(torch, dt)) for dt in ["float32", "bfloat16"]}

@@ -26,3 +26,13 @@ def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int 
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images.to(torch.uint8))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.to(torch.uint8))
     return Path(root)
+
+
+class X0Oracle:
+    """A "model" that knows the clean image x0 and returns the exact noise for any x_t."""
+
+    def __init__(self, diffusion, x0):
+        self.diffusion, self.x0 = diffusion, x0
+
+    def forward_with_cfg(self, x, t, y, cfg_scale):
+        return self.diffusion.predict_eps_from_x0(x, t, self.x0)

@@ -396,3 +396,29 @@ def test_command_line_error_has_no_traceback(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: no real folder {tmp_path / 'nothing'}"]
+
+
+def test_sampler_sweep_writes_csv_and_plot(tiny, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "sweep.csv"
+    status, stdout, err = run_main(["--sweep", "--checkpoint", tiny_checkpoint, "--data-dir", tiny,
+                                    "--num", 130, "--sweep-steps", 2, 4, "--sweep-out", out,
+                                    "--sweep-samplers", "ddim", "plms", "dpm-solver++",
+                                    "--cache-dir", tmp_path / "cache"], capsys)
+    assert status == 0, err
+    rows = out.read_text().splitlines()
+    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds"
+    runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
+    # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
+    assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
+                    ("plms", "2", "130"), ("plms", "4", "130"), ("dpm-solver++", "2", "130"),
+                    ("dpm-solver++", "4", "130")]
+    for r in rows[1:]:
+        fd, acc, sec = map(float, r.split(",")[3:])
+        assert fd > 0 and 0 <= acc <= 1 and sec > 0
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_sweep_rejects_bad_steps(tiny, tiny_checkpoint, capsys):
+    status, _, err = run_main(["--sweep", "--checkpoint", tiny_checkpoint, "--data-dir", tiny,
+                               "--sweep-steps", 0], capsys)
+    assert status == 1 and "--steps must be between 1 and 1000" in err

@@ -1,4 +1,4 @@
-"""Importing a module does no work: no files written or read, no model built, no device touched."""
+"""Importing a module does no work: no file written, no model built, no CUDA initialised."""
 
 import subprocess
 import sys

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffusion import SAMPLERS, GaussianDiffusion
+from helpers import X0Oracle
 
 FAST_SAMPLERS = [s for s in SAMPLERS if s != "ddpm"]
 
@@ -12,16 +13,6 @@ FAST_SAMPLERS = [s for s in SAMPLERS if s != "ddpm"]
 @pytest.fixture(scope="module")
 def diffusion():
     return GaussianDiffusion()
-
-
-class X0Oracle:
-    """Knows the clean image x0: returns the exact noise that takes x0 to x_t."""
-
-    def __init__(self, diffusion, x0):
-        self.diffusion, self.x0 = diffusion, x0
-
-    def forward_with_cfg(self, x, t, y, cfg_scale):
-        return self.diffusion.predict_eps_from_x0(x, t, self.x0)
 
 
 class GaussianOracle:
@@ -108,8 +99,8 @@ def test_dpm_solver_closer_to_exact_than_ddim_at_20_steps(diffusion):
     for sampler in ["ddim", "dpm-solver++"]:
         out, exact = gaussian_run(diffusion, sampler, 20)
         errors[sampler] = (out - exact).abs().mean().item()
-    # measured: DDIM 5.6e-2, DPM-Solver++ 5.9e-3
-    assert errors["dpm-solver++"] < errors["ddim"] / 3, errors
+    # measured: DDIM 5.6e-2, DPM-Solver++ 5.9e-3, ten times closer; asserted with margin
+    assert errors["dpm-solver++"] < errors["ddim"] / 5, errors
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

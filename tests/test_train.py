@@ -90,6 +90,38 @@ def test_sigkill_mid_run_leaves_intact_checkpoint(tiny_data, tmp_path):
     assert torch.load(ckpt, weights_only=True)["step"] == step + 3
 
 
+CRASH_IN_THIRD_SAVE = """
+import io, os, sys, torch
+sys.path.insert(0, sys.argv.pop(1))
+import train
+real_save, calls = torch.save, []
+def crashing_save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:  # write half of the third checkpoint, then die like SIGKILL: no cleanup
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        os._exit(137)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = crashing_save
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_path):
+    # Deterministic twin of the SIGKILL test: the process dies exactly halfway through writing.
+    cmd = [sys.executable, "-c", CRASH_IN_THIRD_SAVE, str(ROOT), "--preset", "tiny",
+           "--data-dir", str(tiny_data), "--out-dir", str(tmp_path), "--max-steps", "10",
+           "--checkpoint-every", "2", "--sample-every", "1000000"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 137, res.stderr[-2000:]
+    assert (tmp_path / "model.pth.tmp").exists()  # the half-written file is the temporary one
+    assert read_checkpoint(tmp_path / "model.pth", with_training_state=True)["step"] == 4
+    assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "6") == 0
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 6
+
+
 def test_sigint_saves_and_exits_cleanly(tiny_data, tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
            "--out-dir", str(tmp_path), "--max-steps", "1000000", "--checkpoint-every", "1000000",
