@@ -22,8 +22,8 @@ The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 It needs a full-rank covariance, so at least d + 1 images for d-dim features. Estimated from
 samples it is biased upwards, the more so the fewer the images: compare scores only at equal
-numbers (measured: 10,000 MNIST training digits score MNIST-FD 3.8-4.9 against the test set,
-1,000 of them 22).
+numbers (measured with benchmarks/fid_floor.py: 10,000 MNIST training digits score MNIST-FD
+3.7-4.1 against the test set, 1,000 of them 12-13.5).
 
 Time on the project's 2-core CPU: the Inception network reads about 8 images/s (each 28 x 28 digit
 is resized to 299 x 299), so ~20 min per 10,000 images, for the real set only once; sampling the
