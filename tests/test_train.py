@@ -1,7 +1,6 @@
 """Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
