@@ -68,8 +68,9 @@ from tqdm.auto import tqdm
 from config import UserError, is_out_of_memory, pick_device
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import SAMPLERS, GaussianDiffusion
-from inference import (DEFAULT_CHECKPOINT, apply_sampling_flags, check_sampling_args, class_file_name,
-                       class_labels, generate, load_model, use_bf16_sampling, write_class_images)
+from inference import (AMP_CHOICES, DEFAULT_CHECKPOINT, apply_sampling_flags, check_sampling_args,
+                       class_file_name, class_labels, generate, load_model, use_bf16_sampling,
+                       write_class_images)
 
 REAL_DIR = "images/real"  # the exported MNIST test set (git-ignored)
 FAKE_DIR = "images/fake"  # generated digits (git-ignored)
@@ -518,11 +519,12 @@ class Sampling:
     reason: str
 
 
-def _sampling_manifest(checkpoint: Path, cfg, num: int, seed: int) -> dict:
+def _sampling_manifest(checkpoint: Path, cfg, num: int, seed: int, bf16: bool) -> dict:
     s = cfg.sample
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
     return {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "sampler": s.sampler,
-            "steps": s.steps, "eta": s.eta, "cfg_scale": s.cfg_scale, "num": num, "seed": seed}
+            "steps": s.steps, "eta": s.eta, "cfg_scale": s.cfg_scale, "num": num, "seed": seed,
+            "bf16": bf16}
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -532,11 +534,15 @@ def _read_manifest(folder: Path) -> dict | None:
         return None
 
 
-SAMPLING_FLAGS = ["checkpoint", "sampler", "steps", "cfg_scale", "num", "seed"]
+SAMPLING_FLAGS = ["checkpoint", "sampler", "steps", "cfg_scale", "num", "seed", "amp"]
 
 
 def seed_of(args: argparse.Namespace) -> int:
     return args.seed if args.seed is not None else 0  # None only tells "not given" apart
+
+
+def bf16_of(args: argparse.Namespace, device: torch.device) -> bool:
+    return use_bf16_sampling(device, args.amp or "auto")
 
 
 def plan_sampling(args: argparse.Namespace, device: torch.device,
@@ -570,7 +576,7 @@ def plan_sampling(args: argparse.Namespace, device: torch.device,
     num = args.num if args.num is not None else DEFAULT_NUM
     check_num_per_class(num, cfg.model.num_classes)
     check_enough_images(num, need.dims, f"--num {num}", need.metric, need.hint)
-    wanted = _sampling_manifest(checkpoint, cfg, num, seed_of(args))
+    wanted = _sampling_manifest(checkpoint, cfg, num, seed_of(args), bf16_of(args, device))
     if args.regenerate:
         reason = "--regenerate"
     elif not files:
@@ -605,11 +611,11 @@ def sample_fakes(plan: Sampling, out_dir: str | Path, device: torch.device, batc
     cfg, s = plan.cfg, plan.cfg.sample
     per_class = plan.manifest["num"] // cfg.model.num_classes
     print(f"sampling {plan.manifest['num']} images ({plan.reason}): {s.sampler}, {s.steps} steps, "
-          f"guidance {s.cfg_scale}, seed {seed}")
+          f"guidance {s.cfg_scale}, seed {seed}, bf16 {'on' if plan.manifest['bf16'] else 'off'}")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     try:
         write_class_images(plan.model, diffusion, cfg, per_class, partial, device, batch_size,
-                           seed, bf16=use_bf16_sampling(device))
+                           seed, bf16=plan.manifest["bf16"])
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -652,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 1 = none (default: the checkpoint's)")
     s.add_argument("--seed", type=int, default=None, help="seed of the sampling noise (default: 0)")
+    s.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                   help="bf16 autocast while sampling: auto = on CUDA and on CPUs with native bf16, "
+                        "off = fp32 (default: auto)")
     w = p.add_argument_group("sampler study (--sweep): MNIST scores and time of every sampler")
     w.add_argument("--sweep", action="store_true",
                    help="score DDPM at T steps and DDIM, PLMS, DPM-Solver++ at --sweep-steps, on "
@@ -699,15 +708,16 @@ def sweep(args: argparse.Namespace) -> None:
     labels = class_labels(classes, num // classes, device)
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.sweep_samplers
             for steps in (args.sweep_steps if sampler != "ddpm" else [T])]
+    bf16 = bf16_of(args, device)
     print(f"device: {device} | sampler study on {checkpoint}: {num} images per row, guidance "
-          f"{cfg.sample.cfg_scale}, seed {seed_of(args)}")
+          f"{cfg.sample.cfg_scale}, seed {seed_of(args)}, bf16 {'on' if bf16 else 'off'}")
     rows = []
     for sampler, steps in runs:
         cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta = sampler, steps, 0.0
         g = torch.Generator(device).manual_seed(seed_of(args))
         start = time.perf_counter()
         try:
-            images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=use_bf16_sampling(device))
+            images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
                                 for chunk in labels.split(args.batch_size)])
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
@@ -721,7 +731,7 @@ def sweep(args: argparse.Namespace) -> None:
         rows.append({"sampler": sampler, "steps": steps, "num_images": num,
                      "mnist_fd": round(scores["mnist_fd"], 4),
                      "class_accuracy": round(scores["class_accuracy"], 4),
-                     "seconds": round(seconds, 2)})
+                     "seconds": round(seconds, 2), "bf16": bf16})
         print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  class accuracy "
               f"{scores['class_accuracy']:.4f}  {seconds:7.1f} s", flush=True)
         write_sweep(rows, out)  # after every row: an interrupted study keeps what it measured

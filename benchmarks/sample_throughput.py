@@ -2,6 +2,7 @@
 
     python benchmarks/sample_throughput.py                       # the cpu preset's model
     python benchmarks/sample_throughput.py --checkpoint runs/default/model.pth --num 200
+    python benchmarks/sample_throughput.py --samplers ddim --amp off bf16   # fp32 against bf16
 
 Times `GaussianDiffusion.sample` with classifier-free guidance (two network passes per step,
 batched into one) on a batch of `--num` images, after one warm-up call. With no checkpoint it
@@ -29,13 +30,13 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS), choices=list(DEFAULT_STEPS))
     p.add_argument("--device", default=None)
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "off"],
+                   help="network precision, one row per sampler and setting (see inference.py)")
     args = p.parse_args()
 
     import torch
 
-    from config import pick_device
-
-    from config import get_preset
+    from config import get_preset, pick_device
     from diffusion import GaussianDiffusion
     from dit import DiT
     from inference import load_model, use_bf16_sampling
@@ -47,14 +48,15 @@ def main() -> None:
         cfg = get_preset(args.preset)
         model = DiT(cfg.model).to(device).eval()
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    bf16 = use_bf16_sampling(device)
     labels = torch.arange(args.num, device=device) % 10
     shape = (args.num, 1, cfg.model.image_size, cfg.model.image_size)
     print(f"device: {device} | model: {'checkpoint ' + args.checkpoint if args.checkpoint else 'preset ' + args.preset} "
           f"| {args.num} images per call | guidance {args.cfg_scale}")
-    print(f"| {'sampler':<13} | {'steps':>5} | {'network evals':>13} | {'seconds':>7} | {'images/s':>8} |")
-    print(f"|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 9}|{'-' * 10}|")
-    for sampler in args.samplers:
+    print(f"| {'sampler':<13} | {'steps':>5} | {'network evals':>13} | {'amp':<4} | {'seconds':>7} | "
+          f"{'images/s':>8} |")
+    print(f"|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 6}|{'-' * 9}|{'-' * 10}|")
+    for sampler, amp in [(s, a) for s in args.samplers for a in args.amp]:
+        bf16 = use_bf16_sampling(device, amp)
         steps = DEFAULT_STEPS[sampler]
         evals = steps + 1 if sampler == "plms" else steps  # PLMS's first step is a two-call Heun step
 
@@ -66,13 +68,15 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        warm = diffusion.sample  # warm-up on a small batch: kernels, allocator
-        with torch.no_grad():
-            warm(model, (2, *shape[1:]), labels[:2], sampler="ddim", steps=2, cfg_scale=args.cfg_scale)
+        # Warm-up on a small batch, in the same precision: kernels, allocator.
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            diffusion.sample(model, (2, *shape[1:]), labels[:2], sampler="ddim", steps=2,
+                             cfg_scale=args.cfg_scale)
         t = time.perf_counter()
         run()
         sec = time.perf_counter() - t
-        print(f"| {sampler:<13} | {steps:>5} | {evals:>13} | {sec:>7.1f} | {args.num / sec:>8.1f} |")
+        print(f"| {sampler:<13} | {steps:>5} | {evals:>13} | {'bf16' if bf16 else 'fp32':<4} | "
+              f"{sec:>7.1f} | {args.num / sec:>8.1f} |")
 
 
 if __name__ == "__main__":

@@ -310,6 +310,13 @@ def test_samples_the_default_folder_and_reuses_it(tiny, tiny_checkpoint, tmp_pat
     assert "settings changed" in out and "steps" in out and "wrote 130 images" in out
     assert not list(tmp_path.glob("images/.*partial"))
 
+    # The precision is a setting too: first the one that --amp auto did not pick, then the other.
+    auto_bf16 = fc.use_bf16_sampling(fc.pick_device(None))
+    for amp in (["off", "bf16"] if auto_bf16 else ["bf16", "off"]):
+        status, out, err = run_main(argv + ["--steps", 3, "--amp", amp], capsys)
+        assert status == 0, err
+        assert f"bf16 {'on' if amp == 'bf16' else 'off'}" in out and "was sampled: bf16)" in out
+
 
 def test_sampling_errors(tiny, tiny_checkpoint, tmp_path, capsys):
     base = ["--metric", "mnist", "--data-dir", tiny, "--checkpoint", tiny_checkpoint,
@@ -406,15 +413,16 @@ def test_sampler_sweep_writes_csv_and_plot(tiny, tiny_checkpoint, tmp_path, caps
                                     "--cache-dir", tmp_path / "cache"], capsys)
     assert status == 0, err
     rows = out.read_text().splitlines()
-    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds"
+    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16"
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
                     ("plms", "2", "130"), ("plms", "4", "130"), ("dpm-solver++", "2", "130"),
                     ("dpm-solver++", "4", "130")]
     for r in rows[1:]:
-        fd, acc, sec = map(float, r.split(",")[3:])
+        fd, acc, sec = map(float, r.split(",")[3:6])
         assert fd > 0 and 0 <= acc <= 1 and sec > 0
+        assert r.split(",")[6] == str(fc.use_bf16_sampling(fc.pick_device(None)))  # --amp auto
     assert out.with_suffix(".png").stat().st_size > 0
 
 

@@ -37,6 +37,25 @@ def test_labels_choose_rows(checkpoint, tmp_path):
     assert Image.open(grid).size == (5 * 30 + 2, 3 * 30 + 2)
 
 
+def test_amp_flag_chooses_sampling_precision(checkpoint, tmp_path, monkeypatch, capsys):
+    cpu = torch.device("cpu")
+    assert inference.use_bf16_sampling(cpu, "off") is False
+    assert inference.use_bf16_sampling(cpu, "bf16") is True
+    assert inference.use_bf16_sampling(torch.device("cuda"), "off") is False
+    for native in (False, True):  # auto: bf16 only where the CPU has bf16 instructions
+        monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+        assert inference.use_bf16_sampling(cpu) is native
+    assert inference.use_bf16_sampling(torch.device("cuda")) is True
+
+    argv = ["--checkpoint", str(checkpoint), "--steps", "3", "--per-row", "2"]
+    for amp in ("off", "bf16"):
+        assert inference.main(argv + ["--amp", amp, "--output", str(tmp_path / f"{amp}.png")]) == 0
+        assert f"bf16 {'on' if amp == 'bf16' else 'off'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        inference.main(argv + ["--amp", "fp8"])
+    assert e.value.code == 2
+
+
 def test_class_files_names_sizes_mode_and_seed(checkpoint, tmp_path):
     def write(folder, seed):
         assert inference.main(["--checkpoint", str(checkpoint), "--num-per-class", "3",
