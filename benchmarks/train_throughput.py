@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                    # every preset, on CUDA if present
     python benchmarks/train_throughput.py --presets cpu --amp off bf16 --naive
+    python benchmarks/train_throughput.py --presets cpu --set model.patch_size=2 --naive --compile
 
 For each preset it times the real training step of train.py (`train_step` + `update_ema`, batches
 cut from an in-memory tensor) after a warm-up, and prints one table row. It also measures the
@@ -15,6 +16,10 @@ Normalize per sample, separate Q, K and V projections and attention written out 
 softmax(Q K^T / sqrt(d)) V with the N x N matrix materialised. It does the same work per step
 (the training step and the EMA update) and runs in the same command, right after the others, so
 the ratio is measured under the same conditions.
+
+`--compile` adds a row per preset and amp setting with the model wrapped in `torch.compile` (the
+compilation happens in the untimed warm-up). `--set section.field=value` changes the preset for
+every row, for instance `--set model.patch_size=2` to see how the levers fare with 196 tokens.
 
 Each row runs in a fresh subprocess so that peak memory (CPU: peak resident set size;
 CUDA: torch.cuda.max_memory_allocated) belongs to that row alone.
@@ -61,7 +66,8 @@ def flops_per_image(model, diffusion, batch_size: int, device) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(batch_size, 1, 28, 28, device=device)
+    m = model.config
+    x = torch.randn(batch_size, m.in_channels, m.image_size, m.image_size, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     with FlopCounterMode(display=False) as counter:
         diffusion.training_loss(model, x, y).backward()
@@ -69,7 +75,39 @@ def flops_per_image(model, diffusion, batch_size: int, device) -> float:
     return counter.get_total_flops() / batch_size
 
 
-def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds: float) -> dict:
+def apply_overrides(cfg, overrides: list[str]):
+    """Set `section.field=value` entries on a Config, each value parsed as its field's type. Each
+    section is rebuilt once with all its new fields (dataclasses.replace), so its own checks run
+    on the final combination: a patch size that does not divide 28 is refused here, not deep
+    inside the model, while width 64 with 4 heads may be set in either order."""
+    import dataclasses
+
+    from config import UserError
+
+    changes: dict[str, dict] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, _, name = key.partition(".")
+        target = getattr(cfg, section, None)
+        if not sep or not dataclasses.is_dataclass(target) or not hasattr(target, name):
+            sys.exit(f"--set {item!r}: expected section.field=value, e.g. model.patch_size=2")
+        kind = type(getattr(target, name))
+        try:
+            if kind is bool and value.lower() not in ("true", "false"):
+                raise ValueError("expected true or false")
+            changes.setdefault(section, {})[name] = value.lower() == "true" if kind is bool else kind(value)
+        except ValueError as e:
+            sys.exit(f"--set {item!r}: {e}")
+    for section, fields in changes.items():
+        try:
+            setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **fields))
+        except UserError as e:
+            sys.exit(f"--set {' '.join(f'{section}.{k}={v}' for k, v in fields.items())}: {e}")
+    return cfg
+
+
+def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: list[str],
+            device_name: str | None, seconds: float) -> dict:
     """Time one configuration; runs inside its own subprocess (see main)."""
     import copy
     import resource
@@ -83,7 +121,7 @@ def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds
     from dit import DiT
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = get_preset(preset)
+    cfg = apply_overrides(get_preset(preset), overrides)
     bf16 = train.use_bf16(amp, device)
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -107,11 +145,13 @@ def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     flops = flops_per_image(model, diffusion, min(B, 32), device)
+    # As in train.py: the compiled module shares its parameters with `model`, which the EMA reads.
+    step_model = torch.compile(model) if compile_model else model
 
     def step(i):
         x0, y = next(batches)
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        train.train_step(model, diffusion, optimizer, x0, y, cfg, i, bf16)
+        train.train_step(step_model, diffusion, optimizer, x0, y, cfg, i, bf16)
         train.update_ema(ema, model, train.ema_decay_at(i, cfg))
 
     if device.type == "cuda":
@@ -130,7 +170,9 @@ def run_row(preset: str, amp: str, naive: bool, device_name: str | None, seconds
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    return {"preset": preset + (" (naive)" if naive else ""), "device": str(device),
+    name = preset + ("*" if overrides else "") + (" (naive)" if naive else "") + \
+        (" (compile)" if compile_model else "")
+    return {"preset": name, "device": str(device),
             "amp": "bf16" if bf16 else "fp32", "batch": B, "images_per_sec": ips,
             "epoch_sec": 60_000 / ips, "peak_mb": peak_mb, "gflop_per_image": flops / 1e9,
             "achieved_gflops": flops * ips / 1e9,
@@ -142,42 +184,53 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "cpu", "gpu"])
     p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "off"])
     p.add_argument("--naive", action="store_true", help="add the naive implementation's row")
+    p.add_argument("--compile", action="store_true", help="add rows with the model torch.compile'd")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override the presets in every row, e.g. model.patch_size=2")
     p.add_argument("--device", default=None)
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = p.parse_args()
 
     if args.row:
-        preset, amp, naive = args.row.split(",")
-        print(json.dumps(run_row(preset, amp, naive == "1", args.device, args.seconds)))
+        preset, amp, naive, compile_model = args.row.split(",")
+        print(json.dumps(run_row(preset, amp, naive == "1", compile_model == "1", args.set,
+                                 args.device, args.seconds)))
         return
 
     import torch
 
-    from config import pick_device
+    from config import get_preset, pick_device
 
+    for preset in args.presets:  # a bad --set fails here, once, not in every row's subprocess
+        apply_overrides(get_preset(preset), args.set)
     device = pick_device(args.device)
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peaks = {dt: matmul_peak_gflops(device, getattr(torch, dt)) for dt in ["float32", "bfloat16"]}
     print(f"measured matmul peak: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
-    rows = [(preset, amp, "0") for preset in args.presets for amp in args.amp]
+    if args.set:
+        print(f"every preset with: {' '.join(args.set)} (marked *)")
+    rows = [(preset, amp, "0", "0") for preset in args.presets for amp in args.amp]
+    if args.compile:
+        rows += [(preset, amp, "0", "1") for preset in args.presets for amp in args.amp]
     if args.naive:
-        rows += [(preset, "off", "1") for preset in args.presets]
-    header = (f"| {'preset':<14} | {'amp':<4} | {'batch':>5} | {'params':>7} | {'images/s':>8} | "
+        rows += [(preset, "off", "1", "0") for preset in args.presets]
+    header = (f"| {'preset':<16} | {'amp':<4} | {'batch':>5} | {'params':>7} | {'images/s':>8} | "
               f"{'s/epoch':>7} | {'peak MB':>7} | {'GFLOP/img':>9} | {'GFLOP/s':>7} | {'% of peak':>9} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for preset, amp, naive in rows:
-        cmd = [sys.executable, __file__, "--row", f"{preset},{amp},{naive}",
+    for preset, amp, naive, compile_model in rows:
+        cmd = [sys.executable, __file__, "--row", f"{preset},{amp},{naive},{compile_model}",
                "--seconds", str(args.seconds)] + (["--device", str(device)] if args.device else [])
+        cmd += ["--set", *args.set] if args.set else []
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
-            print(f"| {preset:<14} | failed: {res.stderr.strip().splitlines()[-1][:80]} |")
+            print(f"| {preset:<16} | failed: {res.stderr.strip().splitlines()[-1][:80]} |")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         peak = peaks["bfloat16" if r["amp"] == "bf16" else "float32"]
-        print(f"| {r['preset']:<14} | {r['amp']:<4} | {r['batch']:>5} | {r['params_m']:>6.2f}M | "
+        print(f"| {r['preset']:<16} | {r['amp']:<4} | {r['batch']:>5} | {r['params_m']:>6.2f}M | "
               f"{r['images_per_sec']:>8.0f} | {r['epoch_sec']:>7.0f} | {r['peak_mb']:>7.0f} | "
               f"{r['gflop_per_image']:>9.3f} | {r['achieved_gflops']:>7.1f} | "
               f"{100 * r['achieved_gflops'] / peak:>8.1f}% |")
