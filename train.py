@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float)
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting; 0 = plain MSE")
-    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--ema-decay", type=float, help="0 = no averaging: sample from the raw weights")
+    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction,
+                   help="EMA decay min(decay, (1 + step) / (10 + step)); --no-ema-warmup uses the "
+                   "fixed decay from step 0")
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--sample-every", type=int, help="steps between sample grids (0 = each epoch)")
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ["epochs", "max_steps", "time_limit", "batch_size", "lr", "warmup_steps", "min_snr_gamma",
-               "ema_decay", "seed", "log_every", "sample_every", "checkpoint_every"]
+               "ema_decay", "ema_warmup", "seed", "log_every", "sample_every", "checkpoint_every"]
 MODEL_FLAGS = ["patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "class_dropout_prob"]
 # What a resumed run may change: how long it goes on and how often it reports.
 RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "sample_every",

@@ -240,3 +240,13 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
     assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.04", "--resume") == 0
     second = torch.load(tmp_path / "model.pth", weights_only=True)
     assert second["step"] > first["step"] and 2.4 <= second["train_seconds"] < 60
+
+
+def test_ema_flags_reach_the_config():
+    parser = train.build_parser()
+    assert train.config_from_args(parser.parse_args([])).train.ema_warmup is True
+    cfg = train.config_from_args(parser.parse_args(["--no-ema-warmup", "--ema-decay", "0"]))
+    assert cfg.train.ema_warmup is False and cfg.train.ema_decay == 0
+    assert train.ema_decay_at(0, cfg) == 0  # decay 0: the EMA is a copy of the weights
+    cfg = train.config_from_args(parser.parse_args(["--no-ema-warmup"]))
+    assert train.ema_decay_at(0, cfg) == cfg.train.ema_decay == 0.9999
