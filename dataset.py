@@ -3,8 +3,9 @@
 torchvision reads (and, when online, downloads) the four original IDX files once; after that the
 60,000 training digits live in one uint8 tensor of 60000 x 28 x 28 = 47 MB, on the training device
 (CPU memory or the GPU). A batch is then a single index operation plus a scale to [-1, 1], instead of
-60,000 PIL conversions per epoch through a DataLoader: on a 2-core CPU that per-sample work would
-cost more time than a small model's training step.
+60,000 PIL conversions per epoch through a DataLoader. That keeps the data path trivial and on the
+training device; on the 2-core CPU the per-sample pipeline costs a few percent of the default
+model's step and more for smaller models (benchmarks/train_throughput.py --naive).
 
 Where the data lives: `--data-dir`, else the environment variable DIT_DATA_DIR, else `./data`.
 torchvision expects the files in `<data dir>/MNIST/raw/`; when they are there nothing is downloaded.

@@ -7,6 +7,8 @@ named as in the papers and the code cites the equation it follows:
   DDIM: Song, Meng & Ermon, "Denoising Diffusion Implicit Models", 2021 (arXiv:2010.02502)
   Min-SNR: Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", 2023
   PLMS: Liu et al., "Pseudo Numerical Methods for Diffusion Models on Manifolds", 2022 (PNDM)
+  DPM-Solver: Lu et al., "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling
+    in Around 10 Steps", 2022 (arXiv:2206.00927)
   DPM-Solver++: Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", 2022 (arXiv:2211.01095)
   Timesteps from T-1: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024
@@ -98,8 +100,9 @@ class GaussianDiffusion:
         """DDPM Algorithm 1: t ~ Uniform, eps ~ N(0, I), loss = || eps - eps_theta(x_t, t) ||^2.
 
         With min_snr_gamma > 0 each image's MSE is weighted by min(SNR_t, gamma) / SNR_t
-        (Hang et al. 2023, Eq. 9 for the eps objective): still noise prediction, but the many
-        easy, nearly clean timesteps no longer dominate the gradient.
+        (Hang et al. 2023, Eq. 9 for the eps objective): still noise prediction, but the nearly
+        clean timesteps (SNR_t > gamma: t < 130 with gamma 5 here, 13% of them) are down-weighted
+        by gamma / SNR_t, so their easy, useless precision no longer dominates the gradient.
         """
         B = x0.shape[0]
         t = torch.randint(0, self.num_timesteps, (B,), device=x0.device)  # line 3
@@ -161,8 +164,8 @@ class GaussianDiffusion:
 
     def logsnr_timesteps(self, steps: int) -> list[int]:
         """`steps` timesteps from T-1 down to 0 evenly spaced in lambda = log(alpha / sigma)
-        instead of t: the spacing DPM-Solver recommends for low-resolution images (Lu et al.
-        2022, section 3.3 and its code's `skip_type='logSNR'`). lambda rises steeply near t = 0,
+        instead of t: the spacing DPM-Solver recommends for low-resolution images (the first
+        DPM-Solver paper, arXiv:2206.00927, section 3.3, and its code's `skip_type='logSNR'`). lambda rises steeply near t = 0,
         so this puts more steps at low noise, where a multistep solver would otherwise take one
         huge step. Rounded to integers and kept strictly decreasing."""
         if not 1 <= steps <= self.num_timesteps:

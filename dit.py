@@ -4,7 +4,7 @@ Follows Peebles & Xie, "Scalable Diffusion Models with Transformers" (2023), Fig
 
     image (B, C, H, W) --patchify + linear--> tokens (B, N, D) + fixed 2D sin-cos positions
     c = TimestepEmbedder(t) + LabelEmbedder(y)                       (B, D)
-    tokens --N x DiTBlock(c)--> FinalLayer(c) --unpatchify--> predicted noise (B, C, H, W)
+    tokens --depth x DiTBlock(c)--> FinalLayer(c) --unpatchify--> predicted noise (B, C, H, W)
 
 Differences from the paper: pixels instead of a VAE latent (MNIST is small enough), and the network
 predicts the noise only (the paper also learns the variance Sigma); the samplers use fixed

@@ -14,7 +14,7 @@ and the block computes
 with modulate(h, shift, scale) = h * (1 + scale) + shift. "Zero" means that linear layer starts at
 zero (see `DiT.initialize_weights` in dit.py): every gate is 0, so each block starts as the identity
 and the network is easy to optimise at first; the paper found this beat cross-attention and
-in-context conditioning (Table 1, Figure 5).
+in-context conditioning (Figure 5).
 
 Letters used in shape comments: B batch, N tokens, D width, NH heads, Dh = D / NH head width.
 """
