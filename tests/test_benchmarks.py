@@ -55,3 +55,20 @@ def test_rows_count_more_flops_for_smaller_patches_and_name_themselves():
     # shape at patch 2 measured 0.370 against 0.350 GFLOP per image).
     assert naive["gflop_per_image"] == pytest.approx(p2["gflop_per_image"], rel=0.1)
     assert p7["images_per_sec"] > 0
+
+
+def test_each_lever_changes_exactly_one_setting_of_the_default():
+    import dataclasses
+
+    import levers
+    import train
+
+    def settings(flags):
+        cfg = train.config_from_args(train.build_parser().parse_args(flags))
+        return {**dataclasses.asdict(cfg.train), **dataclasses.asdict(cfg.model)}
+
+    default = settings([])
+    for name, (flags, _) in levers.LEVERS.items():
+        changed = {k for k, v in settings(flags).items() if v != default[k]}
+        assert len(changed) == (0 if name == "default" else 1), (name, changed)
+    assert len({levers.slug(name) for name in levers.LEVERS}) == len(levers.LEVERS)
