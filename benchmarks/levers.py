@@ -1,7 +1,7 @@
 """Levers: switch one training choice of the default off (or move it), train, and score.
 
     python benchmarks/levers.py                          # every lever, 1,000 steps each (~45 min)
-    python benchmarks/levers.py --levers default no-min-snr --steps 500
+    python benchmarks/levers.py --levers default 'no min-SNR' --steps 500
 
 Each lever is a short run of the default preset with one flag changed, trained for the same
 number of optimiser steps (sample grids off), then scored like the sampler study: `--num` digits
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # name -> (train.py flags, what the row changes). The default first: every other row is read
 # against it and against "seed 1".
 LEVERS = {
-    "default": ([], "the default recipe (min-SNR-5, lr 2e-3 with 200 warm-up steps, EMA with warm-up)"),
+    "default": ([], "the default recipe (min-SNR-5, lr 2e-3 from the first step, EMA with warm-up)"),
     "seed 1": (["--seed", "1"], "the default with another training seed: the run-to-run spread"),
     "no min-SNR": (["--min-snr-gamma", "0"], "plain noise MSE instead of min-SNR-5 weighting"),
-    "no lr warm-up": (["--warmup-steps", "0"], "the full learning rate from the first step"),
+    "lr warm-up": (["--warmup-steps", "200"], "the rate ramps up linearly over the first 200 steps"),
     "lr 1e-3": (["--lr", "1e-3"], "half the learning rate"),
     "lr 4e-3": (["--lr", "4e-3"], "twice the learning rate"),
     "no EMA": (["--ema-decay", "0"], "sample from the raw weights"),
