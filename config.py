@@ -100,7 +100,7 @@ class TrainConfig:
     # 200 steps of warm-up cost more than they saved: class accuracy 0.959 against 0.986 without
     # (README, Levers). Larger models and rates may still want it (the gpu preset keeps 500).
     warmup_steps: int = 0
-    epochs: int = 5  # passes over the 60,000 training images: about 13.5 minutes on 2 CPU cores
+    epochs: int = 5  # passes over the 60,000 training images: about 13 minutes on 2 CPU cores
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
     time_limit: float = 0.0  # if > 0, stop after this many minutes of training (over resumes)
     grad_clip: float = 1.0  # clip the gradient norm: one bad batch cannot wreck the weights
