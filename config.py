@@ -94,11 +94,11 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 128  # big enough to keep two CPU cores busy, small enough for many updates
-    lr: float = 2e-3  # AdamW learning rate after warm-up; small models tolerate more than DiT's 1e-4
+    lr: float = 2e-3  # AdamW learning rate (after any warm-up); small models tolerate more than DiT's 1e-4
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step). For the default
     # 200 steps of warm-up cost more than they saved: class accuracy 0.959 against 0.986 without
-    # (README, Levers). Larger models and rates may still want it (the gpu preset keeps 500).
+    # (README, Levers). Larger models may still want it (the gpu preset, 32M parameters, keeps 500).
     warmup_steps: int = 0
     epochs: int = 5  # passes over the 60,000 training images: about 13 minutes on 2 CPU cores
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`

@@ -182,7 +182,7 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def lr_at(step: int, cfg: Config) -> float:
-    """Linear warm-up to cfg.train.lr, then constant (as in DiT, which uses a constant rate)."""
+    """cfg.train.lr, constant as in DiT, after an optional linear warm-up over warmup_steps."""
     warmup = cfg.train.warmup_steps
     return cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.train.lr
 

@@ -1,19 +1,20 @@
 """Levers: switch one training choice of the default off (or move it), train, and score.
 
-    python benchmarks/levers.py                          # every lever, 1,000 steps each (~45 min)
+    python benchmarks/levers.py                          # every lever, 1,000 steps each (~50 min)
     python benchmarks/levers.py --levers default 'no min-SNR' --steps 500
 
 Each lever is a short run of the default preset with one flag changed, trained for the same
-number of optimiser steps (sample grids off), then scored like the sampler study: `--num` digits
-(the same number of each, DDIM 50 steps, guidance 4, seed 0) drawn by the EMA weights and scored
-by fid_computer's MNIST classifier (MNIST-FD and class accuracy). Every row is the pair of
-commands
+number of optimiser steps (no sample grids during training, one at the end), then scored like the
+sampler study: `--num` digits (the same number of each, DDIM 50 steps, the checkpoint's guidance
+4, seed 0) drawn by the EMA weights and scored by fid_computer's MNIST classifier (MNIST-FD and
+class accuracy). Every row is the pair of commands
 
-    python train.py --max-steps STEPS --sample-every 1000000000 --out-dir OUT/NAME --overwrite FLAGS
-    python fid_computer.py --sweep --checkpoint OUT/NAME/model.pth --sweep-samplers ddim
+    python train.py --max-steps STEPS --sample-every 1000000000 --out-dir OUT/SLUG --overwrite FLAGS
+    python fid_computer.py --sweep --checkpoint OUT/SLUG/model.pth --sweep-samplers ddim
         --sweep-steps 50 --num NUM
 
-run in this process, so a row can be rerun by hand. One training seed per row: the `seed 1` row
+run in this process (SLUG is the lever's name with underscores for spaces, e.g.
+runs/levers/no_min-SNR), so a row can be rerun by hand. One training seed per row: the `seed 1` row
 (the default with another seed) shows how far two runs of the same recipe land apart, which is the
 yardstick for the other differences.
 """
@@ -42,12 +43,16 @@ LEVERS = {
 
 
 def slug(name: str) -> str:
-    """A folder name for a lever: 'no lr warm-up' -> 'no_lr_warm-up'."""
+    """A folder name for a lever: 'no min-SNR' -> 'no_min-SNR'."""
     return name.replace(" ", "_")
 
 
+class LeverFailed(Exception):
+    """A run stopped: training or scoring returned a non-zero status."""
+
+
 def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[str]) -> dict:
-    """Train and score one lever; the scores as a dict (from the sweep's CSV)."""
+    """Train and score one lever; the scores as a dict (the sweep CSV's one row)."""
     import fid_computer
     import train
 
@@ -56,40 +61,20 @@ def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[s
     status = train.main(["--max-steps", str(steps), "--sample-every", str(10**9), "--out-dir",
                          str(run_dir), "--overwrite", *data_flags, *flags])
     if status != 0:
-        sys.exit(f"training '{name}' failed with status {status}")
+        raise LeverFailed(f"training '{name}' " + ("was interrupted" if status == 130
+                                                   else f"failed with status {status}"))
     csv_path = run_dir / "sweep.csv"
     status = fid_computer.main(["--sweep", "--checkpoint", str(run_dir / train.CHECKPOINT_NAME),
                                 "--sweep-samplers", "ddim", "--sweep-steps", "50", "--num", str(num),
                                 "--sweep-out", str(csv_path), *data_flags])
     if status != 0:
-        sys.exit(f"scoring '{name}' failed with status {status}")
+        raise LeverFailed(f"scoring '{name}' failed with status {status}")
     with open(csv_path, newline="") as f:
         return next(csv.DictReader(f))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS),
-                   metavar="NAME", help="which rows (quote names with spaces); default: all")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per run")
-    p.add_argument("--num", type=int, default=500, help="samples scored per run")
-    p.add_argument("--out-dir", default="runs/levers")
-    p.add_argument("--data-dir", default=None)
-    args = p.parse_args()
-    # Checked before the first run, not after minutes of training.
-    if args.steps <= 0:
-        p.error(f"--steps must be positive, got {args.steps}")
-    from fid_computer import MnistClassifier
-    least = MnistClassifier.FEATURE_DIMS + 1  # fewer images give a singular feature covariance
-    if args.num < least or args.num % 10:
-        p.error(f"--num must be a multiple of 10 (as many images of each digit) and at least {least} "
-                f"(MNIST-FD's covariance needs it), got {args.num}")
-    data_flags = ["--data-dir", args.data_dir] if args.data_dir else []
-
-    rows = [(name, run_lever(name, args.steps, args.num, Path(args.out_dir), data_flags))
-            for name in args.levers]
-
-    print(f"\nlevers: {args.steps} steps each, {args.num} samples, DDIM 50 steps, guidance 4, seed 0")
+def print_table(rows: list[tuple[str, dict]], steps: int, num: int) -> None:
+    print(f"\nlevers: {steps} steps each, {num} samples, DDIM 50 steps, guidance 4, seed 0")
     print("| run | train.py flags | MNIST-FD | class accuracy | what it changes |")
     print("|---|---|---|---|---|")
     for name, scores in rows:
@@ -98,5 +83,38 @@ def main() -> None:
               f"| {float(scores['class_accuracy']):.3f} | {what} |")
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS),
+                   metavar="NAME", help="which rows, quoted: " + ", ".join(f"'{n}'" for n in LEVERS))
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per run")
+    p.add_argument("--num", type=int, default=500, help="samples scored per run")
+    p.add_argument("--out-dir", default="runs/levers", help="one folder per lever inside")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (as for train.py)")
+    args = p.parse_args(argv)
+    # Checked before the first run, not after minutes of training.
+    if args.steps <= 0:
+        p.error(f"--steps must be positive, got {args.steps}")
+    from fid_computer import MnistClassifier
+    least = MnistClassifier.FEATURE_DIMS + 1  # fewer images give a singular feature covariance
+    least = -(-least // 10) * 10  # and the same number of each of the 10 digits
+    if args.num < least or args.num % 10:
+        p.error(f"--num must be a multiple of 10 (as many images of each digit) and at least {least} "
+                f"(MNIST-FD's covariance needs more images than features), got {args.num}")
+    data_flags = ["--data-dir", args.data_dir] if args.data_dir else []
+
+    rows = []
+    try:
+        for name in dict.fromkeys(args.levers):  # each lever once, in the order given
+            rows.append((name, run_lever(name, args.steps, args.num, Path(args.out_dir), data_flags)))
+    except LeverFailed as e:
+        print_table(rows, args.steps, args.num)  # what was measured before the failure
+        print(f"error: {e}; the rows above are complete", file=sys.stderr)
+        return 1
+    print_table(rows, args.steps, args.num)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

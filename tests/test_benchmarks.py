@@ -72,3 +72,55 @@ def test_each_lever_changes_exactly_one_setting_of_the_default():
         changed = {k for k, v in settings(flags).items() if v != default[k]}
         assert len(changed) == (0 if name == "default" else 1), (name, changed)
     assert len({levers.slug(name) for name in levers.LEVERS}) == len(levers.LEVERS)
+
+
+def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, monkeypatch, capsys):
+    import fid_computer
+    import levers
+    import train
+
+    calls = []
+
+    def fake_train(argv):
+        calls.append(("train", argv))
+        return 0
+
+    def fake_score(argv):
+        calls.append(("score", argv))
+        out = Path(argv[argv.index("--sweep-out") + 1])
+        if "lr_1e-3" in str(out):
+            return 1  # the third lever's scoring fails
+        out.write_text("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16\n"
+                       "ddim,50,130,123.4,0.5,1.0,True\n")
+        return 0
+
+    monkeypatch.setattr(train, "main", fake_train)
+    monkeypatch.setattr(fid_computer, "main", fake_score)
+    for name in ["default", "no min-SNR", "lr 1e-3"]:
+        (tmp_path / levers.slug(name)).mkdir()
+    status = levers.main(["--levers", "default", "no min-SNR", "no min-SNR", "lr 1e-3",
+                          "--steps", "7", "--num", "130", "--out-dir", str(tmp_path)])
+    assert status == 1
+    run_dir = str(tmp_path / "no_min-SNR")
+    assert calls[2] == ("train", ["--max-steps", "7", "--sample-every", str(10**9), "--out-dir",
+                                  run_dir, "--overwrite", "--min-snr-gamma", "0"])
+    assert calls[3] == ("score", ["--sweep", "--checkpoint", str(Path(run_dir, "model.pth")),
+                                  "--sweep-samplers", "ddim", "--sweep-steps", "50", "--num",
+                                  "130", "--sweep-out", str(Path(run_dir, "sweep.csv"))])
+    assert len(calls) == 6  # the repeated lever ran once; the failing one was trained and scored
+    out, err = capsys.readouterr()
+    assert "| default | `(none)` | 123.4 | 0.500 |" in out
+    assert "| no min-SNR | `--min-snr-gamma 0` | 123.4 | 0.500 |" in out
+    assert "scoring 'lr 1e-3' failed" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num", "129"], "at least 130"),
+    (["--num", "135"], "multiple of 10"),
+    (["--steps", "0"], "--steps must be positive"),
+])
+def test_levers_rejects_bad_sizes_before_training(argv, message, capsys):
+    import levers
+    with pytest.raises(SystemExit):
+        levers.main(argv)
+    assert message in capsys.readouterr().err

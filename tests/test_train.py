@@ -250,3 +250,25 @@ def test_ema_flags_reach_the_config():
     assert train.ema_decay_at(0, cfg) == 0  # decay 0: the EMA is a copy of the weights
     cfg = train.config_from_args(parser.parse_args(["--no-ema-warmup"]))
     assert train.ema_decay_at(0, cfg) == cfg.train.ema_decay == 0.9999
+
+
+def test_learning_rate_warm_up_is_linear_then_constant():
+    parser = train.build_parser()
+    cfg = train.config_from_args(parser.parse_args([]))  # the default: no warm-up
+    assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg) == cfg.train.lr
+    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3"]))
+    assert [train.lr_at(s, cfg) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
+    assert train.ema_decay_at(0, train.config_from_args(train.build_parser().parse_args([]))) == 0.1
+    emas = []
+    for name, flags in [("warm", []), ("cold", ["--no-ema-warmup"])]:
+        assert run_train(tiny_data, tmp_path / name, "--max-steps", "2", *flags) == 0
+        emas.append(torch.load(tmp_path / name / "model.pth", weights_only=True)["ema"])
+    model = torch.load(tmp_path / "cold" / "model.pth", weights_only=True)["model"]
+    # Same weights (the flag does not touch training), different averages: without the warm-up
+    # the average has barely moved from the initial weights.
+    name = next(k for k in model if not torch.equal(model[k], emas[1][k]))
+    assert not torch.equal(emas[0][name], emas[1][name])
