@@ -94,7 +94,7 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 128  # big enough to keep two CPU cores busy, small enough for many updates
-    lr: float = 2e-3  # AdamW learning rate (after any warm-up); small models tolerate more than DiT's 1e-4
+    lr: float = 2e-3  # AdamW rate (after any warm-up); small models tolerate more than DiT's 1e-4
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step). For the default
     # 200 steps of warm-up cost more than they saved: class accuracy 0.959 against 0.986 without

@@ -165,9 +165,9 @@ class GaussianDiffusion:
     def logsnr_timesteps(self, steps: int) -> list[int]:
         """`steps` timesteps from T-1 down to 0 evenly spaced in lambda = log(alpha / sigma)
         instead of t: the spacing DPM-Solver recommends for low-resolution images (the first
-        DPM-Solver paper, arXiv:2206.00927, section 3.3, and its code's `skip_type='logSNR'`). lambda rises steeply near t = 0,
-        so this puts more steps at low noise, where a multistep solver would otherwise take one
-        huge step. Rounded to integers and kept strictly decreasing."""
+        DPM-Solver paper, arXiv:2206.00927, section 3.3, and its code's `skip_type='logSNR'`).
+        lambda rises steeply near t = 0, so this puts more steps at low noise, where a multistep
+        solver would otherwise take one huge step. Rounded to integers and kept strictly decreasing."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be between 1 and {self.num_timesteps}, got {steps}")
         if steps == 1:
