@@ -37,15 +37,6 @@ def pick_device(flag: str | None = None):
     return device
 
 
-def is_out_of_memory(e: BaseException) -> bool:
-    """True for CUDA's OutOfMemoryError and for the CPU allocator's RuntimeError."""
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
-                                         or "out of memory" in str(e).lower()))
-
-
 @dataclass
 class ModelConfig:
     image_size: int = 28  # MNIST digits are 28 x 28 pixels

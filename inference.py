@@ -1,86 +1,35 @@
-"""Sample digits from a trained DiT: a grid, a denoising trajectory, or image files for scoring.
+"""Sample digits from a trained DiT: a grid, pictures that teach, or image files for scoring.
 
     python inference.py                                  # 10 x 10 grid, row k = digit k
     python inference.py --labels 3 1 4 --cfg-scale 4     # rows for the digits 3, 1 and 4
     python inference.py --sampler ddpm                   # 1000-step ancestral sampling
-    python inference.py --trajectory                     # x_t from noise to digit, one row per digit
+    python inference.py --trajectory                     # x_t from noise to digit, and the
+                                                         # predicted clean digit at each step
+    python inference.py --guidance-strip                 # each digit at guidance 0, 1, 2, 4, 8
     python inference.py --num-per-class 100 --out-dir images/fake   # 1,000 PNGs for fid_computer.py
 
-The model is rebuilt from the config stored in the checkpoint, with the EMA weights (they give
-cleaner samples than the raw weights; DiT section 4). Sampling itself is in diffusion.py; this file
-loads, batches and saves.
+The model is rebuilt from the config stored in the checkpoint (checkpoint.py), with the EMA
+weights (they give cleaner samples than the raw weights; DiT section 4). Sampling itself is in
+diffusion.py; this file batches, draws and saves.
 """
 
 from __future__ import annotations
 
 import argparse
-import pickle
+import copy
 import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from config import Config, UserError, is_out_of_memory, pick_device
-from dataset import to_uint8
+from checkpoint import AMP_CHOICES, load_model, out_of_memory_as_error, use_bf16
+from config import Config, UserError, pick_device
+from dataset import labelled_file_name, to_uint8
 from diffusion import SAMPLERS, GaussianDiffusion
 from dit import DiT
 
 DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes with no flags
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:
-    """torch.load with weights_only=True (tensors and plain types only: a pickle that would run
-    code is refused), turning every failure into a one-line UserError that says what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: run train.py first or pass --checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{path} is not a plain checkpoint (weights_only loading refused it: "
-                        f"{first[:120]}); only load checkpoints written by train.py") from None
-    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (EOFError,
-        # RuntimeError from the zip reader, IndexError from the unpickler, ...): all mean "corrupt"
-        raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}): retrain, or "
-                        "resume from an intact copy") from None
-    needed = ["model", "ema", "config"] + (["optimizer", "step", "rng"] if with_training_state else [])
-    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
-    return ckpt
-
-
-def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
-    """The Config stored in a checkpoint, or a UserError if this code cannot read it."""
-    try:
-        return Config.from_dict(ckpt["config"])
-    except (TypeError, KeyError, AttributeError) as e:
-        raise UserError(f"{path} has a config this code does not know ({e}): was it written by "
-                        "another version of train.py?") from None
-
-
-def load_weights(module: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """load_state_dict, with a UserError when the shapes do not match the stored config."""
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as e:  # optimisers raise ValueError or KeyError
-        detail = str(e).strip().splitlines()[-1].strip()[:150]
-        raise UserError(f"the weights in {path} do not match its config ({detail}): the file is "
-                        "damaged or was edited; retrain it") from None
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu",
-               use_ema: bool = True) -> tuple[DiT, Config]:
-    """Rebuild the DiT from the config inside the checkpoint and load its (EMA) weights."""
-    ckpt = read_checkpoint(path)
-    cfg = checkpoint_config(ckpt, path)
-    model = DiT(cfg.model)
-    load_weights(model, ckpt["ema" if use_ema else "model"], path)
-    return model.to(device).eval(), cfg
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -117,33 +66,6 @@ def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
     return torch.arange(num_classes, device=device).repeat_interleave(per_class)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo
-    (Linux). Without them bf16 arithmetic is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-AMP_CHOICES = ("auto", "bf16", "off")
-
-
-def use_bf16_sampling(device: torch.device, amp: str = "auto") -> bool:
-    """Whether the network runs under bf16 autocast while sampling. "auto": on CUDA, and on CPUs
-    with native bf16 instructions, where it made sampling about 1.3x faster on the project's
-    2-core CPU (see README); "bf16" and "off" (fp32) force it. The sampler's own arithmetic stays
-    in float64 either way. bf16 rounds each noise prediction to about 3 significant digits, which
-    PLMS, combining four of them with large coefficients, turns into visible differences (README,
-    sampler study): use "off" when comparing samplers closely."""
-    if amp != "auto":
-        return amp == "bf16"
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
 def generate(model: DiT, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Config,
              generator: torch.Generator | None = None, bf16: bool = False,
              return_intermediates: bool = False, progress: bool = False):
@@ -175,39 +97,117 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
     save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def save_trajectory(trajectory: torch.Tensor, labels: list[int], path: str | Path,
-                    timesteps: list[int], columns: int = 10) -> None:
-    """Plot x_t at `columns` evenly spaced sampler steps, from noise (left) to digit (right)."""
+def shown_columns(num_states: int, columns: int) -> list[int]:
+    """`columns` evenly spaced indices into a trajectory of num_states states, first and last kept."""
+    last = num_states - 1
+    return sorted({round(i * last / (columns - 1)) for i in range(columns)})
+
+
+@torch.no_grad()
+def predict_clean(model: DiT, diffusion: GaussianDiffusion, states: torch.Tensor,
+                  timesteps: list[int], labels: torch.Tensor, cfg_scale: float,
+                  bf16: bool = False) -> torch.Tensor:
+    """What the network believes the finished digit is, at each state x_t of a trajectory:
+
+        x0_hat = (x_t - sqrt(1 - alpha-bar_t) eps_theta(x_t, t, y)) / sqrt(alpha-bar_t)
+
+    (DDPM Eq. 4 solved for x_0, with the guided noise prediction the sampler used at that step).
+    states: (S, B, C, H, W) at noise levels timesteps (S,); returns (S, B, C, H, W) on the CPU."""
+    device = labels.device
+    out = []
+    for x_t, t in zip(states, timesteps):
+        x_t = x_t.to(device, torch.float64)  # the samplers' precision
+        t_batch = torch.full((len(labels),), t, device=device, dtype=torch.long)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = model.forward_with_cfg(x_t, t_batch, labels, cfg_scale).to(x_t.dtype)
+        out.append(diffusion.predict_x0_from_eps(x_t, t_batch, eps).float().cpu())
+    return torch.stack(out)
+
+
+def save_trajectory(trajectory: torch.Tensor, x0_hat: torch.Tensor, cols: list[int],
+                    labels: list[int], timesteps: list[int], path: str | Path) -> None:
+    """Two rows per digit: x_t at the sampler steps `cols`, from noise (left) to digit (right),
+    and under it x0_hat, the network's prediction of the clean digit at that step.
+    trajectory: (S + 1, B, C, H, W) with index 0 the noise x_T and index S the sample x_0;
+    x0_hat: (len(cols), B, C, H, W), one prediction per shown column (the last is x_0 itself)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    S = trajectory.shape[0] - 1  # trajectory: (S + 1, B, C, H, W), index 0 is the noise x_T
-    cols = sorted({round(i * S / (columns - 1)) for i in range(columns)})
-    fig, axes = plt.subplots(len(labels), len(cols), figsize=(1.1 * len(cols), 1.1 * len(labels)),
-                             squeeze=False)
+    S = trajectory.shape[0] - 1
+    fig, axes = plt.subplots(2 * len(labels), len(cols), squeeze=False,
+                             figsize=(0.95 * len(cols), 0.95 * 2 * len(labels)))
     for r, label in enumerate(labels):
         for c, idx in enumerate(cols):
-            ax = axes[r][c]
-            ax.imshow(trajectory[idx, r, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            for row, image in [(2 * r, trajectory[idx, r, 0]), (2 * r + 1, x0_hat[c, r, 0])]:
+                ax = axes[row][c]
+                ax.imshow(image.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
             if r == 0:  # trajectory[idx] sits at noise level timesteps[idx]; the last one is x_0
+                ax = axes[0][c]
                 ax.set_title("x_T (noise)" if idx == 0 else ("x_0" if idx == S else f"t={timesteps[idx]}"),
                              fontsize=8)
             if c == 0:
-                ax.set_ylabel(str(label), rotation=0, labelpad=10)
-    fig.suptitle("denoising: from x_T (pure noise) to x_0", fontsize=10)
+                axes[2 * r][0].set_ylabel(f"{label}: x_t", rotation=0, labelpad=18, fontsize=8)
+                axes[2 * r + 1][0].set_ylabel("x0-hat", rotation=0, labelpad=18, fontsize=8)
+    fig.suptitle("denoising: x_t from pure noise to digit, and under it the predicted x_0",
+                 fontsize=9)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0 = unconditional, 1 = plain conditional model
+
+
+def guidance_strip(model: DiT, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
+                   scales=GUIDANCE_SCALES, seed: int = 0, bf16: bool = False) -> torch.Tensor:
+    """Each digit sampled at each guidance scale from the same starting noise (the generator is
+    seeded afresh for every scale), so that only the guidance differs between the columns.
+    Returns (len(digits), len(scales), C, H, W) on the CPU, values in [-1, 1]."""
+    device = next(model.parameters()).device
+    labels = torch.tensor(digits, device=device)
+    columns = []
+    for scale in scales:
+        scaled = copy.deepcopy(cfg)
+        scaled.sample.cfg_scale = scale
+        g = torch.Generator(device).manual_seed(seed)
+        columns.append(generate(model, diffusion, labels, scaled, g, bf16).cpu())
+    return torch.stack(columns, dim=1)
+
+
+def save_guidance_strip(images: torch.Tensor, digits: list[int], scales, path: str | Path) -> None:
+    """One row per digit, one column per guidance scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {0.0: "unconditional", 1.0: "conditional"}
+    fig, axes = plt.subplots(len(digits), len(scales), squeeze=False,
+                             figsize=(1.1 * len(scales), 1.1 * len(digits) + 0.4))
+    for r, digit in enumerate(digits):
+        for c, scale in enumerate(scales):
+            ax = axes[r][c]
+            ax.imshow(images[r, c, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"s = {scale:g}" + (f"\n{names[scale]}" if scale in names else ""),
+                             fontsize=8)
+            if c == 0:
+                ax.set_ylabel(str(digit), rotation=0, labelpad=10)
+    fig.suptitle("guidance scale s: same noise, same label", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def class_file_name(index: int, label: int) -> str:
-    """`<5-digit index>_<label>.png`, e.g. 00042_7.png: fid_computer.py reads the label back."""
-    return f"{index:05d}_{label}.png"
 
 
 def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
@@ -226,7 +226,7 @@ def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, pe
             batch = labels[start : start + batch_size].to(device)
             pixels = to_uint8(generate(model, diffusion, batch, cfg, generator, bf16)).cpu()
             for i, (img, label) in enumerate(zip(pixels, batch.tolist())):
-                path = out_dir / class_file_name(start + i, label)
+                path = out_dir / labelled_file_name(start + i, label)
                 Image.fromarray(img[0].numpy()).save(path)
                 paths.append(path)
             bar.update(len(batch))
@@ -252,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16, off = fp32")
     p.add_argument("--output", default=None, help="grid PNG (default: <checkpoint dir>/grid.png)")
     p.add_argument("--trajectory", action="store_true",
-                   help="also save the denoising trajectory figure (<checkpoint dir>/trajectory.png)")
+                   help="also save the denoising trajectory, x_t and the predicted x_0 at each "
+                        "shown step (<checkpoint dir>/trajectory.png)")
+    p.add_argument("--guidance-strip", action="store_true",
+                   help="also sample each digit at guidance 0, 1, 2, 4 and 8 from one noise "
+                        "(<checkpoint dir>/guidance.png)")
     p.add_argument("--num-per-class", type=int, default=0,
                    help="write this many PNG files per digit into --out-dir instead of a grid")
     p.add_argument("--out-dir", default="images/fake", help="folder for --num-per-class files")
@@ -269,19 +273,20 @@ def run(args: argparse.Namespace) -> None:
     if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
         raise UserError("--per-row and --batch-size must be positive, --num-per-class 0 or more")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    bf16 = use_bf16_sampling(device, args.amp)
+    bf16 = use_bf16(args.amp, device, training=False)
     steps_text = f"{cfg.diffusion.num_timesteps}" if s.sampler == "ddpm" else f"{s.steps}"
     print(f"device: {device} | {s.sampler} with {steps_text} steps, eta {s.eta}, "
           f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}")
     ckpt_dir = Path(args.checkpoint).parent
+    digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
 
-    try:
+    with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
+                                "--batch-size or --per-row"):
         if args.num_per_class > 0:
             paths = write_class_images(model, diffusion, cfg, args.num_per_class, args.out_dir,
                                        device, args.batch_size, args.seed, bf16)
             print(f"wrote {len(paths)} images to {args.out_dir}")
             return
-        digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
         g = torch.Generator(device).manual_seed(args.seed)
         grid = sample_class_grid(model, diffusion, cfg, args.per_row, device, g, bf16, digits)
         out = Path(args.output) if args.output else ckpt_dir / "grid.png"
@@ -291,15 +296,20 @@ def run(args: argparse.Namespace) -> None:
             g = torch.Generator(device).manual_seed(args.seed)
             labels = torch.tensor(digits, device=device)
             _, trajectory = generate(model, diffusion, labels, cfg, g, bf16, return_intermediates=True)
-            timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)
+            timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # noise level of each state
+            cols = shown_columns(len(trajectory), columns=10)
+            S = len(trajectory) - 1  # the last state, x_0, is shown as it is
+            x0_hat = predict_clean(model, diffusion, trajectory[[c for c in cols if c < S]],
+                                   [timesteps[c] for c in cols if c < S], labels, s.cfg_scale, bf16)
+            x0_hat = torch.cat([x0_hat, trajectory[S:]])  # (len(cols), B, C, H, W)
             path = ckpt_dir / "trajectory.png"
-            save_trajectory(trajectory, digits, path, timesteps)
+            save_trajectory(trajectory, x0_hat, cols, digits, timesteps, path)
             print(f"trajectory: {path}")
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise UserError(f"sampling ran out of memory on {device}: pass a smaller --batch-size "
-                        "or --per-row") from None
+        if args.guidance_strip:
+            strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16)
+            path = ckpt_dir / "guidance.png"
+            save_guidance_strip(strip, digits, GUIDANCE_SCALES, path)
+            print(f"guidance strip (scales {', '.join(f'{x:g}' for x in GUIDANCE_SCALES)}): {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

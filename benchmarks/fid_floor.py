@@ -6,9 +6,10 @@ A perfect generator would draw digits exactly like the training set. Its scores 
 set are not 0: the two sets are different samples, and the Frechet distance estimated from a
 finite sample is biased upwards, the more so the fewer the images. So this is what "as good as it
 gets" looks like at each size, and generated sets must be compared with the floor at their size.
-Draws `--sizes` training digits at random (three seeds each) and scores them with
-fid_computer.mnist_scores, labels from the training set. (For the Inception FID floor, export
-training digits as PNGs and pass their folder to `fid_computer.py --fake`.)
+Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
+fid_computer.mnist_scores against the test set in images/real, labels from the training set.
+(For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
+folder to `fid_computer.py --fake`.)
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def main() -> None:
 
     import fid_computer as fc
     from dataset import load_mnist, resolve_data_dir
+    from mnist_classifier import load_classifier
 
     data_dir = resolve_data_dir(args.data_dir)
     images, labels = load_mnist(data_dir, train=True)
-    classifier = fc.load_classifier(data_dir)
+    classifier = load_classifier(data_dir)
     print("| real training digits | seed | MNIST-FD | class accuracy |")
     print("|---|---|---|---|")
     for n in args.sizes:

@@ -6,12 +6,12 @@
 Each lever is a short run of the default preset with one flag changed, trained for the same
 number of optimiser steps (no sample grids during training, one at the end), then scored like the
 sampler study: `--num` digits (the same number of each, DDIM 50 steps, the checkpoint's guidance
-4, seed 0) drawn by the EMA weights and scored by fid_computer's MNIST classifier (MNIST-FD and
-class accuracy). Every row is the pair of commands
+4, seed 0) drawn by the EMA weights and scored by the MNIST classifier (MNIST-FD and class
+accuracy) in benchmarks/sampler_study.py. Every row is the pair of commands
 
     python train.py --max-steps STEPS --sample-every 1000000000 --out-dir OUT/SLUG --overwrite FLAGS
-    python fid_computer.py --sweep --checkpoint OUT/SLUG/model.pth --sweep-samplers ddim
-        --sweep-steps 50 --num NUM
+    python benchmarks/sampler_study.py --checkpoint OUT/SLUG/model.pth --samplers ddim --steps 50
+        --num NUM
 
 run in this process (SLUG is the lever's name with underscores for spaces, e.g.
 runs/levers/no_min-SNR), so a row can be rerun by hand. One training seed per row: the `seed 1` row
@@ -53,7 +53,7 @@ class LeverFailed(Exception):
 
 def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[str]) -> dict:
     """Train and score one lever; the scores as a dict (the sweep CSV's one row)."""
-    import fid_computer
+    import sampler_study
     import train
 
     flags, _ = LEVERS[name]
@@ -64,9 +64,9 @@ def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[s
         raise LeverFailed(f"training '{name}' " + ("was interrupted" if status == 130
                                                    else f"failed with status {status}"))
     csv_path = run_dir / "sweep.csv"
-    status = fid_computer.main(["--sweep", "--checkpoint", str(run_dir / train.CHECKPOINT_NAME),
-                                "--sweep-samplers", "ddim", "--sweep-steps", "50", "--num", str(num),
-                                "--sweep-out", str(csv_path), *data_flags])
+    status = sampler_study.main(["--checkpoint", str(run_dir / train.CHECKPOINT_NAME),
+                                 "--samplers", "ddim", "--steps", "50", "--num", str(num),
+                                 "--out", str(csv_path), *data_flags])
     if status != 0:
         raise LeverFailed(f"scoring '{name}' failed with status {status}")
     with open(csv_path, newline="") as f:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before the first run, not after minutes of training.
     if args.steps <= 0:
         p.error(f"--steps must be positive, got {args.steps}")
-    from fid_computer import MnistClassifier
+    from mnist_classifier import MnistClassifier
     least = MnistClassifier.FEATURE_DIMS + 1  # fewer images give a singular feature covariance
     least = -(-least // 10) * 10  # and the same number of each of the 10 digits
     if args.num < least or args.num % 10:

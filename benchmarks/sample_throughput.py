@@ -31,15 +31,15 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "off"],
-                   help="network precision, one row per sampler and setting (see inference.py)")
+                   help="network precision, one row per sampler and setting (checkpoint.use_bf16)")
     args = p.parse_args()
 
     import torch
 
+    from checkpoint import load_model, use_bf16
     from config import get_preset, pick_device
     from diffusion import GaussianDiffusion
     from dit import DiT
-    from inference import load_model, use_bf16_sampling
 
     device = pick_device(args.device)
     if args.checkpoint:
@@ -56,7 +56,7 @@ def main() -> None:
           f"{'images/s':>8} |")
     print(f"|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 6}|{'-' * 9}|{'-' * 10}|")
     for sampler, amp in [(s, a) for s in args.samplers for a in args.amp]:
-        bf16 = use_bf16_sampling(device, amp)
+        bf16 = use_bf16(amp, device, training=False)
         steps = DEFAULT_STEPS[sampler]
         evals = steps + 1 if sampler == "plms" else steps  # PLMS's first step is a two-call Heun step
 

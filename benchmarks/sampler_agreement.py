@@ -32,9 +32,10 @@ def main() -> None:
 
     import torch
 
+    from checkpoint import load_model
     from config import pick_device
     from diffusion import GaussianDiffusion
-    from inference import class_labels, load_model
+    from inference import class_labels
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)

@@ -9,9 +9,9 @@ would have written, up to where the clock stops it (the step count varies a litt
 run with the machine's load). The budgets count training time only (sample grids during training are
 turned off here); sampling and scoring happen between budgets, off the clock. After each budget
 the EMA model draws `--num` digits (the same number of each, the checkpoint's default sampler and
-guidance, a fixed seed) and fid_computer's MNIST classifier scores them: MNIST-FD (Frechet
-distance of its penultimate features to the MNIST test set) and class accuracy (the share of
-digits that it reads as the digit asked for).
+guidance, a fixed seed) and fid_computer.mnist_scores scores them in memory: MNIST-FD (Frechet
+distance of the MNIST classifier's penultimate features to the MNIST test set) and class accuracy
+(the share of digits that the classifier reads as the digit asked for).
 
 Arguments after `--` go to train.py unchanged (preset overrides, for instance).
 """
@@ -45,9 +45,11 @@ def main() -> None:
     from config import pick_device
 
     import train
+    from checkpoint import load_model, use_bf16
     from diffusion import GaussianDiffusion
-    from fid_computer import load_classifier, mnist_scores
-    from inference import class_labels, generate, load_model, use_bf16_sampling
+    from fid_computer import mnist_scores
+    from inference import class_labels, generate
+    from mnist_classifier import load_classifier
 
     device = pick_device(args.device)
     ckpt = Path(args.out_dir) / train.CHECKPOINT_NAME
@@ -71,7 +73,8 @@ def main() -> None:
         labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes, device)
         g = torch.Generator(device).manual_seed(args.seed)
         t = time.perf_counter()
-        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=use_bf16_sampling(device))
+        bf16 = use_bf16("auto", device, training=False)
+        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
                             for chunk in labels.split(250)])  # 250 at a time: bounded memory
         sample_sec = time.perf_counter() - t
         scores = mnist_scores(images, labels.cpu(), data_dir=args.data_dir, device=device,

@@ -1,6 +1,6 @@
 """Tests of the benchmark scripts' parts: they are run by hand, so these keep them from rotting.
 Nothing here times anything: the rows run for a fraction of a second and only their bookkeeping
-(FLOPs, overrides, names) is checked."""
+(FLOPs, overrides, names, the sampler study's CSV and plot) is checked."""
 
 import sys
 from pathlib import Path
@@ -97,8 +97,8 @@ def test_each_lever_changes_exactly_one_setting_of_the_default():
 
 
 def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, monkeypatch, capsys):
-    import fid_computer
     import levers
+    import sampler_study
     import train
 
     calls = []
@@ -109,7 +109,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
 
     def fake_score(argv):
         calls.append(("score", argv))
-        out = Path(argv[argv.index("--sweep-out") + 1])
+        out = Path(argv[argv.index("--out") + 1])
         if "lr_1e-3" in str(out):
             return 1  # the third lever's scoring fails
         out.write_text("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16\n"
@@ -117,7 +117,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
         return 0
 
     monkeypatch.setattr(train, "main", fake_train)
-    monkeypatch.setattr(fid_computer, "main", fake_score)
+    monkeypatch.setattr(sampler_study, "main", fake_score)
     for name in ["default", "no min-SNR", "lr 1e-3"]:
         (tmp_path / levers.slug(name)).mkdir()
     status = levers.main(["--levers", "default", "no min-SNR", "no min-SNR", "lr 1e-3",
@@ -126,9 +126,9 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
     run_dir = str(tmp_path / "no_min-SNR")
     assert calls[2] == ("train", ["--max-steps", "7", "--sample-every", str(10**9), "--out-dir",
                                   run_dir, "--overwrite", "--min-snr-gamma", "0"])
-    assert calls[3] == ("score", ["--sweep", "--checkpoint", str(Path(run_dir, "model.pth")),
-                                  "--sweep-samplers", "ddim", "--sweep-steps", "50", "--num",
-                                  "130", "--sweep-out", str(Path(run_dir, "sweep.csv"))])
+    assert calls[3] == ("score", ["--checkpoint", str(Path(run_dir, "model.pth")),
+                                  "--samplers", "ddim", "--steps", "50", "--num", "130",
+                                  "--out", str(Path(run_dir, "sweep.csv"))])
     assert len(calls) == 6  # the repeated lever ran once; the failing one was trained and scored
     out, err = capsys.readouterr()
     assert "| default | `(none)` | 123.4 | 0.500 |" in out
@@ -146,3 +146,56 @@ def test_levers_rejects_bad_sizes_before_training(argv, message, capsys):
     with pytest.raises(SystemExit):
         levers.main(argv)
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ sampler study
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny fake MNIST with its classifier, and a tiny model trained for 2 steps on it."""
+    import train
+    from helpers import write_tiny_mnist
+    from mnist_classifier import load_classifier
+
+    data = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=150)
+    load_classifier(data, "cpu", progress=False)
+    out = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--max-steps", "2", "--out-dir", str(out),
+                       "--data-dir", str(data)]) == 0
+    return out / "model.pth", data
+
+
+def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatch):
+    import sampler_study
+    from checkpoint import use_bf16
+    from config import pick_device
+
+    checkpoint, data = tiny_checkpoint
+    monkeypatch.chdir(tmp_path)  # the real set, images/real, is exported here
+    out = tmp_path / "sweep.csv"
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--num", "130", "--steps", "2", "4", "--out", str(out),
+                                 "--samplers", "ddim", "plms", "dpm-solver++"])
+    assert status == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16"
+    runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
+    # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
+    assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
+                    ("plms", "2", "130"), ("plms", "4", "130"), ("dpm-solver++", "2", "130"),
+                    ("dpm-solver++", "4", "130")]
+    for r in rows[1:]:
+        fd, acc, sec = map(float, r.split(",")[3:6])
+        assert fd > 0 and 0 <= acc <= 1 and sec > 0
+        assert r.split(",")[6] == str(use_bf16("auto", pick_device(None), training=False))
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert len(list((tmp_path / "images" / "cache").glob("real_mnist128_*.npz"))) == 1
+
+
+def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--steps", "0"])
+    assert status == 1 and "--steps must be between 1 and 1000" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Tests of fid_computer.py: the Frechet distance against a direct formula, the Inception path with
-random weights (nothing is downloaded), the MNIST classifier and its scores, the caches, sampling
-from a tiny checkpoint, and the errors a user can make."""
+random weights (nothing is downloaded), the MNIST scores, the real set and its statistics cache,
+and the errors a user can make (with the inference.py command when nothing was sampled yet)."""
 
 import os
 import subprocess
@@ -14,11 +14,10 @@ from PIL import Image
 from scipy import linalg
 
 import fid_computer as fc
-import train
+import mnist_classifier as mc
 from config import UserError
-from dataset import load_mnist, resolve_data_dir
+from dataset import labelled_file_name, load_mnist, resolve_data_dir
 from helpers import write_tiny_mnist
-from inference import class_file_name
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
 
@@ -29,16 +28,8 @@ N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128
 def tiny(tmp_path_factory):
     """A tiny fake MNIST with its classifier already trained and cached (a few steps: seconds)."""
     root = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=N_TEST)
-    fc.load_classifier(root, "cpu", progress=False)
+    mc.load_classifier(root, "cpu", progress=False)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert train.main(["--preset", "tiny", "--max-steps", "2", "--out-dir", str(out),
-                       "--data-dir", str(tiny)]) == 0
-    return out / "model.pth"
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ def write_pngs(folder: Path, n: int, size: int = 28, seed: int = 0, labelled: bo
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, brightest + 1, (n, size, size), generator=g, dtype=torch.uint8)
     for i in range(n):
-        name = class_file_name(i, i % 10) if labelled else f"img{i}.png"
+        name = labelled_file_name(i, i % 10) if labelled else f"img{i}.png"
         Image.fromarray(pixels[i].numpy()).save(folder / name)
     return folder
 
@@ -172,44 +163,53 @@ def test_missing_inception_weights(monkeypatch, tiny, tmp_path, capsys):
     assert err.startswith("error: ") and where in err and "Traceback" not in err
 
 
-# ------------------------------------------------------------------------------ MNIST classifier
-
-def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
-    path = tiny / fc.CLASSIFIER_FILE
-    state = torch.load(path, weights_only=True)
-    assert set(state) >= {"model", "test_accuracy", "config"}
-    assert not list(tiny.glob("*.tmp"))
-    mtime = path.stat().st_mtime_ns
-    model = fc.load_classifier(tiny, "cpu")
-    assert "training" not in capsys.readouterr().out and path.stat().st_mtime_ns == mtime
-    feats, preds = fc.classify(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
-    assert feats.shape == (3, fc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
+def test_damaged_inception_weights_are_a_user_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    where = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    where.parent.mkdir(parents=True)
+    where.write_bytes(b"half a download")  # there, so torch.hub does not try to download it
+    real = write_pngs(tmp_path / "real", 65)
+    status, out, err = run_main(["--metric", "inception", "--dims", "64", "--real", real,
+                                 "--fake", real, "--cache-dir", tmp_path / "cache"], capsys)
+    assert status == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert f"the Inception weights at {where} are damaged" in err
 
 
-def test_damaged_classifier_file_is_a_user_error(tmp_path):
-    (tmp_path / fc.CLASSIFIER_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="delete it"):
-        fc.load_classifier(tmp_path)
-
+# ------------------------------------------------------------------------------ MNIST scores
 
 def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path):
     images, labels = load_mnist(tiny, train=False, download=False)
     folder = tmp_path / "real"
     fc.export_real_images(tiny, folder, progress=False)
-    cache = tmp_path / "cache"
-    from_folder = fc.mnist_scores(folder, data_dir=tiny, cache_dir=cache)
-    from_tensor = fc.mnist_scores(images, labels, data_dir=tiny, real=folder, cache_dir=cache)
+    common = {"real": folder, "data_dir": tiny, "cache_dir": tmp_path / "cache"}
+    from_folder = fc.mnist_scores(folder, **common)
+    from_tensor = fc.mnist_scores(images, labels, **common)
     assert abs(from_folder["mnist_fd"]) < 1e-6 and abs(from_tensor["mnist_fd"]) < 1e-6
     assert from_folder["class_accuracy"] == from_tensor["class_accuracy"]  # labels from the names
     assert from_folder["num_images"] == N_TEST
     # Floats in [-1, 1], as the sampler returns them, are rounded like a saved PNG: same numbers.
     as_floats = images.unsqueeze(1).float() / 127.5 - 1
-    assert fc.mnist_scores(as_floats, labels, data_dir=tiny, cache_dir=cache) == from_folder
+    assert fc.mnist_scores(as_floats, labels, **common) == from_folder
     # A different set is further away, and the wrong labels are read as wrong.
     noisy = (images.float() * 0.5 + 100).to(torch.uint8)
-    assert fc.mnist_scores(noisy, data_dir=tiny, cache_dir=cache)["mnist_fd"] > 1e-3
-    wrong = fc.mnist_scores(images, (labels + 1) % 10, data_dir=tiny, cache_dir=cache)
+    assert fc.mnist_scores(noisy, **common)["mnist_fd"] > 1e-3
+    wrong = fc.mnist_scores(images, (labels + 1) % 10, **common)
     assert wrong["class_accuracy"] < from_folder["class_accuracy"]
+    # Folder or tensor, the real set has one cache file.
+    assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 1
+
+
+def test_other_classifier_weights_give_another_cache_file(tiny, tmp_path, capsys):
+    real = tmp_path / "real"
+    fc.export_real_images(tiny, real, progress=False)
+    classifier = mc.load_classifier(tiny)
+    common = {"real": real, "cache_dir": tmp_path / "cache"}
+    fc.mnist_scores(real, classifier=classifier, **common)
+    with torch.no_grad():
+        classifier.fc1.bias.add_(0.1)  # other weights, the same network
+    fc.mnist_scores(real, classifier=classifier, **common)
+    assert "(cached)" not in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 2
 
 
 @pytest.mark.slow
@@ -218,20 +218,25 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path):
 def test_classifier_on_real_mnist(tmp_path):
     """Trains the classifier once if ./data has none (minutes on a CPU), then scores the test set."""
     data_dir = resolve_data_dir()
-    model = fc.load_classifier(data_dir, "cpu")
+    model = mc.load_classifier(data_dir, "cpu")
     images, labels = load_mnist(data_dir, train=False, download=False)
-    _, preds = fc.classify(model, images)
+    _, preds = mc.classify(model, images)
     assert (preds == labels).float().mean().item() >= 0.99
-    scores = fc.mnist_scores(images, labels, data_dir=data_dir, classifier=model,
-                             cache_dir=tmp_path)
+    # The test set as files, written here: export_real_images syncs each file to the disk, which
+    # takes most of a minute for 10,000 of them.
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, (digit, label) in enumerate(zip(images, labels.tolist())):
+        Image.fromarray(digit.numpy()).save(real / labelled_file_name(i, label))
+    scores = fc.mnist_scores(images, labels, real=real, classifier=model, cache_dir=tmp_path)
     assert abs(scores["mnist_fd"]) < 1e-3 and scores["class_accuracy"] >= 0.99
     assert min(scores["per_class_accuracy"].values()) >= 0.97
     # 10,000 training digits are close to the test set; blurred digits are far.
     train_images, train_labels = load_mnist(data_dir, train=True, download=False)
-    near = fc.mnist_scores(train_images[:10_000], train_labels[:10_000], data_dir=data_dir,
+    near = fc.mnist_scores(train_images[:10_000], train_labels[:10_000], real=real,
                            classifier=model, cache_dir=tmp_path)["mnist_fd"]
     blurred = torch.nn.functional.avg_pool2d(images.unsqueeze(1).float(), 3, 1, 1)[:, 0]
-    far = fc.mnist_scores(blurred.to(torch.uint8), labels, data_dir=data_dir, classifier=model,
+    far = fc.mnist_scores(blurred.to(torch.uint8), labels, real=real, classifier=model,
                           cache_dir=tmp_path)["mnist_fd"]
     assert 0 < near < far
 
@@ -243,7 +248,7 @@ def test_real_export_writes_each_file_once(tiny, tmp_path):
     assert fc.export_real_images(tiny, folder, progress=False) == N_TEST
     images, labels = load_mnist(tiny, train=False, download=False)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == [class_file_name(i, k) for i, k in enumerate(labels.tolist())]
+    assert names == [labelled_file_name(i, k) for i, k in enumerate(labels.tolist())]
     assert np.array_equal(np.asarray(Image.open(folder / names[7])), images[7].numpy())
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert fc.export_real_images(tiny, folder, progress=False) == 0
@@ -263,7 +268,7 @@ def test_real_statistics_cache_is_reused_then_invalidated(tiny, tmp_path, monkey
     assert f"exported {N_TEST}" in out and "saved to" in out
     # The fakes are a copy of the test set: distance 0, and the classifier's own test accuracy.
     assert abs(score(out, "MNIST-FD")) < 1e-3
-    accuracy = torch.load(tiny / fc.CLASSIFIER_FILE, weights_only=True)["test_accuracy"]
+    accuracy = torch.load(tiny / mc.CLASSIFIER_FILE, weights_only=True)["test_accuracy"]
     assert score(out, "class accuracy") == pytest.approx(accuracy, abs=1e-4)
     real = tmp_path / fc.REAL_DIR
     mtimes = {p.name: p.stat().st_mtime_ns for p in real.iterdir()}
@@ -280,63 +285,6 @@ def test_real_statistics_cache_is_reused_then_invalidated(tiny, tmp_path, monkey
     assert status == 0, err
     assert "(cached)" not in out and "saved to" in out
     assert len(list((tmp_path / fc.CACHE_DIR).glob("real_mnist128_*.npz"))) == 2
-
-
-# ------------------------------------------------------------------------------ sampling
-
-def test_samples_the_default_folder_and_reuses_it(tiny, tiny_checkpoint, tmp_path, monkeypatch,
-                                                 capsys):
-    monkeypatch.chdir(tmp_path)
-    ckpt = tmp_path / "runs" / "default" / "model.pth"
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(tiny_checkpoint.read_bytes())
-    argv = ["--metric", "mnist", "--data-dir", tiny, "--num", 130]
-
-    status, out, err = run_main(argv, capsys)
-    assert status == 0, err
-    fake = tmp_path / fc.FAKE_DIR
-    names = sorted(p.name for p in fake.iterdir() if not p.name.startswith("."))
-    assert names == [class_file_name(i, i // 13) for i in range(130)]  # 13 of each digit
-    assert score(out, "class accuracy") >= 0 and score(out, "MNIST-FD") > 0
-    mtimes = {p.name: p.stat().st_mtime_ns for p in fake.iterdir()}
-
-    status, out, err = run_main(argv, capsys)  # same settings: nothing sampled
-    assert status == 0, err
-    assert "sampled earlier" in out
-    assert {p.name: p.stat().st_mtime_ns for p in fake.iterdir()} == mtimes
-
-    status, out, err = run_main(argv + ["--steps", 3], capsys)  # other settings: sampled anew
-    assert status == 0, err
-    assert "settings changed" in out and "steps" in out and "wrote 130 images" in out
-    assert not list(tmp_path.glob("images/.*partial"))
-
-    # The precision is a setting too: first the one that --amp auto did not pick, then the other.
-    auto_bf16 = fc.use_bf16_sampling(fc.pick_device(None))
-    for amp in (["off", "bf16"] if auto_bf16 else ["bf16", "off"]):
-        status, out, err = run_main(argv + ["--steps", 3, "--amp", amp], capsys)
-        assert status == 0, err
-        assert f"bf16 {'on' if amp == 'bf16' else 'off'}" in out and "was sampled: bf16)" in out
-
-
-def test_sampling_errors(tiny, tiny_checkpoint, tmp_path, capsys):
-    base = ["--metric", "mnist", "--data-dir", tiny, "--checkpoint", tiny_checkpoint,
-            "--real", write_pngs(tmp_path / "real", 130), "--cache-dir", tmp_path / "cache"]
-    theirs = write_pngs(tmp_path / "theirs", 130)
-    (theirs / "notes.txt").write_text("keep me")
-    cases = [
-        (["--fake", tmp_path / "new", "--regenerate", "--num", 135], "multiple of 10"),
-        (["--fake", tmp_path / "new", "--regenerate", "--num", 50], "at least 129"),
-        (["--fake", theirs, "--regenerate", "--num", 130], "did not write"),
-        (["--fake", tmp_path / "real", "--regenerate", "--num", 130], "same folder"),
-        (["--fake", write_pngs(tmp_path / "plain", 130), "--steps", 5], "only apply when sampling"),
-        (["--fake", tmp_path / "new", "--regenerate", "--steps", 0], "--steps must be"),
-    ]
-    for extra, message in cases:
-        status, out, err = run_main(base + extra, capsys)
-        assert status == 1 and err.startswith("error: ") and message in err, (extra, err)
-        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert (theirs / "notes.txt").read_text() == "keep me"  # nothing lost
-    assert len(list(theirs.glob("*.png"))) == 130 and not (tmp_path / "new").exists()
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -357,10 +305,13 @@ def folders(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("fake, message", [
-    ("missing", "no images in {d}/missing (no such folder)"),
-    ("empty", "no images in {d}/empty: pass a folder"),
+    ("missing", "no images in {d}/missing: sample them first with python inference.py "
+                "--num-per-class 100 --out-dir {d}/missing"),
+    ("empty", "no images in {d}/empty: sample them first with python inference.py "
+              "--num-per-class 100 --out-dir {d}/empty"),
     ("few", "{d}/few: 50 images, but the MNIST-FD with 128-dim features needs at least 129: "
-            "the covariance of 128-dim features from fewer than 129 images is singular"),
+            "the covariance of 128-dim features from fewer than 129 images is singular; sample "
+            "more: python inference.py --num-per-class 100 --out-dir {d}/few"),
     ("text", "{d}/text/notes.txt is not a readable image"),
     ("mixed", "images of mixed sizes in {d}/mixed"),
     ("big", "are 32 x 32 pixels; the MNIST classifier reads 28 x 28 digits"),
@@ -377,6 +328,8 @@ def test_missing_real_folder_and_unknown_flag(folders, tiny, capsys):
     status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real",
                                  folders / "nowhere", "--fake", folders / "real"], capsys)
     assert status == 1 and "no real folder" in err
+    status, out, err = run_main(["--fake", folders / "real", "--batch-size", 0], capsys)
+    assert status == 1 and "--batch-size must be positive" in err
     with pytest.raises(SystemExit) as e:
         fc.main(["--metric", "mnist", "--bogus"])
     assert e.value.code == 2
@@ -394,39 +347,33 @@ def test_names_without_labels_skip_only_the_class_accuracy(folders, tiny, capsys
     assert "class accuracy skipped" in err and "img0.png" in err
 
 
-def test_command_line_error_has_no_traceback(tmp_path):
-    """As a user sees it: a separate process, one line on stderr, exit status 1."""
+def run_script(argv, cwd):
+    """python fid_computer.py argv, as a user runs it: a separate process."""
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "fid_computer.py"), "--metric", "mnist",
-                           "--real", str(tmp_path / "nothing"), "--fake", str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    return subprocess.run([sys.executable, str(root / "fid_computer.py"), *map(str, argv)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    """As a user sees it: one line on stderr, exit status 1."""
+    fake = write_pngs(tmp_path / "fake", 3)
+    proc = run_script(["--metric", "mnist", "--real", tmp_path / "nothing", "--fake", fake],
+                      tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: no real folder {tmp_path / 'nothing'}"]
 
 
-def test_sampler_sweep_writes_csv_and_plot(tiny, tiny_checkpoint, tmp_path, capsys):
-    out = tmp_path / "sweep.csv"
-    status, stdout, err = run_main(["--sweep", "--checkpoint", tiny_checkpoint, "--data-dir", tiny,
-                                    "--num", 130, "--sweep-steps", 2, 4, "--sweep-out", out,
-                                    "--sweep-samplers", "ddim", "plms", "dpm-solver++",
-                                    "--cache-dir", tmp_path / "cache"], capsys)
-    assert status == 0, err
-    rows = out.read_text().splitlines()
-    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16"
-    runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
-    # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
-    assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
-                    ("plms", "2", "130"), ("plms", "4", "130"), ("dpm-solver++", "2", "130"),
-                    ("dpm-solver++", "4", "130")]
-    for r in rows[1:]:
-        fd, acc, sec = map(float, r.split(",")[3:6])
-        assert fd > 0 and 0 <= acc <= 1 and sec > 0
-        assert r.split(",")[6] == str(fc.use_bf16_sampling(fc.pick_device(None)))  # --amp auto
-    assert out.with_suffix(".png").stat().st_size > 0
-
-
-def test_sweep_rejects_bad_steps(tiny, tiny_checkpoint, capsys):
-    status, _, err = run_main(["--sweep", "--checkpoint", tiny_checkpoint, "--data-dir", tiny,
-                               "--sweep-steps", 0], capsys)
-    assert status == 1 and "--steps must be between 1 and 1000" in err
+def test_nothing_sampled_yet_names_the_inference_command(tmp_path, capsys):
+    """A missing or empty fake folder: the one command that fills it, before any other work."""
+    (tmp_path / "empty").mkdir()
+    for fake in [tmp_path / "missing", tmp_path / "empty"]:
+        proc = run_script(["--metric", "mnist", "--fake", fake], tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"error: no images in {fake}: sample them first with python inference.py "
+            f"--num-per-class 100 --out-dir {fake}"]
+    assert not (tmp_path / fc.REAL_DIR).exists()  # nothing exported before the check
+    # The standard FID wants 10,000 images, as many as the test set.
+    status, out, err = run_main(["--fake", tmp_path / "missing"], capsys)
+    assert status == 1 and "--num-per-class 1000 --out-dir" in err

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["config", "dataset", "diffusion", "time_emb", "dit_block", "dit", "train", "inference",
-           "fid_computer"]
+MODULES = ["config", "dataset", "diffusion", "time_emb", "dit_block", "dit", "checkpoint",
+           "mnist_classifier", "train", "inference", "fid_computer"]
+SCRIPTS = ["train", "inference", "fid_computer"]
 
 CHECK = """
 import sys, torch
@@ -32,3 +33,16 @@ def test_importing_modules_does_no_work(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "ok"
     assert list(tmp_path.iterdir()) == []  # nothing written in the working directory
+
+
+def test_no_script_imports_another_script():
+    """What the scripts share lives in modules below them (checkpoint.py, dataset.py, ...)."""
+    import ast
+
+    for script in SCRIPTS:
+        tree = ast.parse((ROOT / f"{script}.py").read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & (set(SCRIPTS) - {script}), (script, imported & set(SCRIPTS))

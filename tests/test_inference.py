@@ -18,16 +18,74 @@ def checkpoint(tmp_path_factory):
     return out / "model.pth"
 
 
-def test_grid_and_trajectory(checkpoint, tmp_path, capsys):
+def test_grid_trajectory_and_guidance_strip(checkpoint, tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert inference.main(["--checkpoint", str(checkpoint), "--output", str(grid),
-                           "--trajectory", "--steps", "5"]) == 0
+                           "--trajectory", "--guidance-strip", "--steps", "5"]) == 0
     img = Image.open(grid)
     assert img.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 x 10 images of 28 px with 2 px padding
-    traj = checkpoint.parent / "trajectory.png"
-    assert traj.stat().st_size > 0
+    for name in ["trajectory.png", "guidance.png"]:
+        assert (checkpoint.parent / name).stat().st_size > 0, name
     out = capsys.readouterr().out
-    assert str(grid) in out and "trajectory" in out
+    assert str(grid) in out and "trajectory" in out and "guidance strip" in out
+
+
+def test_predicted_clean_image_is_x0_hat_of_each_step():
+    """With a "model" that knows the clean image, x0-hat must be that image at every step of a
+    real trajectory; with a real network, it is predict_x0_from_eps of its guided prediction."""
+    from config import get_preset
+    from diffusion import GaussianDiffusion
+    from dit import DiT
+    from helpers import X0Oracle
+
+    cfg = get_preset("tiny")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    x0 = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2 - 1
+    oracle = X0Oracle(diffusion, x0)
+    labels = torch.tensor([3, 7])
+    _, trajectory = diffusion.sample(oracle, x0.shape, labels, "ddim", 10, generator=torch.Generator().manual_seed(0),
+                                     return_intermediates=True)
+    timesteps = diffusion.sampler_timesteps("ddim", 10)
+    x0_hat = inference.predict_clean(oracle, diffusion, trajectory[:-1], timesteps, labels, 1.0)
+    assert x0_hat.shape == trajectory[:-1].shape
+    assert torch.allclose(x0_hat.double(), x0.expand_as(x0_hat), atol=1e-5)
+
+    torch.manual_seed(0)
+    model = DiT(cfg.model).eval()
+    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.1)  # a network that is not zero
+    states, t = trajectory[[0, 4]], [timesteps[0], timesteps[4]]
+    got = inference.predict_clean(model, diffusion, states, t, labels, 4.0)
+    for i in range(2):
+        t_batch = torch.full((2,), t[i])
+        x_t = states[i].double()
+        eps = model.forward_with_cfg(x_t, t_batch, labels, 4.0).double()
+        expected = diffusion.predict_x0_from_eps(x_t, t_batch, eps).float()
+        assert torch.allclose(got[i], expected, atol=1e-5)
+
+
+def test_guidance_strip_uses_one_noise_for_all_scales(checkpoint):
+    """A fresh DiT predicts eps = 0 whatever the label (adaLN-Zero), so guidance changes nothing
+    and the columns are identical exactly when they start from the same noise."""
+    from checkpoint import load_model
+    from config import get_preset
+    from diffusion import GaussianDiffusion
+    from dit import DiT
+
+    cfg = get_preset("tiny")
+    cfg.sample.steps = 4
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    strip = inference.guidance_strip(DiT(cfg.model).eval(), diffusion, cfg, [1, 5], scales=(0, 1, 4))
+    assert strip.shape == (2, 3, 1, 28, 28)
+    for c in range(1, 3):
+        assert torch.equal(strip[:, c], strip[:, 0])
+    assert not torch.equal(strip[0, 0], strip[1, 0])  # but each digit has its own noise
+    # A trained network does respond to the scale; the caller's config is left as it was.
+    model, trained_cfg = load_model(checkpoint)
+    trained_cfg.sample.steps = 4
+    before = trained_cfg.sample.cfg_scale
+    strip = inference.guidance_strip(model, diffusion, trained_cfg, [1, 5], scales=(0, 8))
+    assert not torch.equal(strip[:, 0], strip[:, 1])
+    assert trained_cfg.sample.cfg_scale == before
 
 
 def test_labels_choose_rows(checkpoint, tmp_path):
@@ -38,14 +96,19 @@ def test_labels_choose_rows(checkpoint, tmp_path):
 
 
 def test_amp_flag_chooses_sampling_precision(checkpoint, tmp_path, monkeypatch, capsys):
+    import checkpoint as ckpt_module
+    from checkpoint import use_bf16
+
     cpu = torch.device("cpu")
-    assert inference.use_bf16_sampling(cpu, "off") is False
-    assert inference.use_bf16_sampling(cpu, "bf16") is True
-    assert inference.use_bf16_sampling(torch.device("cuda"), "off") is False
+    assert use_bf16("off", cpu, training=False) is False
+    assert use_bf16("bf16", cpu, training=False) is True
+    assert use_bf16("off", torch.device("cuda"), training=False) is False
     for native in (False, True):  # auto: bf16 only where the CPU has bf16 instructions
-        monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
-        assert inference.use_bf16_sampling(cpu) is native
-    assert inference.use_bf16_sampling(torch.device("cuda")) is True
+        monkeypatch.setattr(ckpt_module, "cpu_has_native_bf16", lambda: native)
+        assert use_bf16("auto", cpu, training=False) is native
+        assert use_bf16("auto", cpu, training=True) is False  # training on a CPU: fp32 either way
+    assert use_bf16("auto", torch.device("cuda"), training=False) is True
+    assert use_bf16("auto", torch.device("cuda"), training=True) is True
 
     argv = ["--checkpoint", str(checkpoint), "--steps", "3", "--per-row", "2"]
     for amp in ("off", "bf16"):
@@ -75,7 +138,8 @@ def test_class_files_names_sizes_mode_and_seed(checkpoint, tmp_path):
 
 
 def test_model_rebuilt_from_checkpoint_config(checkpoint):
-    model, cfg = inference.load_model(checkpoint)
+    from checkpoint import load_model
+    model, cfg = load_model(checkpoint)
     assert cfg.preset == "tiny" and model.config.hidden_size == cfg.model.hidden_size
     ema = torch.load(checkpoint, weights_only=True)["ema"]
     assert torch.equal(model.state_dict()["final_layer.linear.weight"], ema["final_layer.linear.weight"])

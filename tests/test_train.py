@@ -12,7 +12,7 @@ import torch
 
 import train
 from helpers import write_tiny_mnist
-from inference import read_checkpoint
+from checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +115,7 @@ def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, 
            "--checkpoint-every", "2", "--sample-every", "1000000"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 137, res.stderr[-2000:]
-    assert (tmp_path / "model.pth.tmp").exists()  # the half-written file is the temporary one
+    assert (tmp_path / ".model.pth.tmp").exists()  # the half-written file is the temporary one
     assert read_checkpoint(tmp_path / "model.pth", with_training_state=True)["step"] == 4
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "6") == 0
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 6
@@ -272,3 +272,12 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
     # the average has barely moved from the initial weights.
     name = next(k for k in model if not torch.equal(model[k], emas[1][k]))
     assert not torch.equal(emas[0][name], emas[1][name])
+
+
+def test_help_shows_each_presets_value_of_the_override_flags():
+    text = " ".join(train.build_parser().format_help().split())  # undo the line wrapping
+    assert "(default: None)" not in text
+    assert "[cpu 5, gpu 30, tiny 1]" in text  # --epochs
+    assert "[cpu 7, gpu 2, tiny 7]" in text  # --patch-size
+    args = train.build_parser().parse_args([])
+    assert not hasattr(args, "epochs") and not hasattr(args, "ema_warmup")  # not given: the preset's

@@ -1,0 +1,183 @@
+"""The sampler study: MNIST-FD, class accuracy and time of every sampler at several step counts.
+
+    python benchmarks/sampler_study.py --checkpoint runs/default/model.pth     # ~50 min on 2 cores
+    python benchmarks/sampler_study.py --checkpoint runs/default/model.pth --amp off \
+        --samplers plms dpm-solver++ --steps 20 50 --out runs/default/sweep_fp32.csv
+
+DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ run at each of
+`--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
+the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given, times the
+sampling, and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the
+MNIST test set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
+count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
+a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
+checkpoint).
+
+The network runs under the project's bf16 policy (`--amp`, checkpoint.use_bf16); bf16 rounds each
+noise prediction to about 3 significant digits, which PLMS, combining four of them with large
+coefficients, turns into visible differences: use `--amp off` to compare samplers closely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
+SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
+COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from checkpoint import AMP_CHOICES
+    from diffusion import SAMPLERS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="runs/default/model.pth",
+                   help="the trained model (default: %(default)s)")
+    p.add_argument("--num", type=int, default=SWEEP_NUM,
+                   help="images per row, the same number of each digit (default: %(default)s)")
+    p.add_argument("--steps", type=int, nargs="+", default=list(SWEEP_STEPS),
+                   help="step counts of DDIM, PLMS and DPM-Solver++; DDPM always takes all T "
+                        "(default: %(default)s)")
+    p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS),
+                   help="default: all")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="guidance scale, 1 = none (default: the checkpoint's)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="bf16 autocast for the network: auto = on CUDA and on CPUs with native "
+                        "bf16, off = fp32 (default: auto)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling noise, the same for every row (default: 0)")
+    p.add_argument("--out", default=None, help="CSV path, the plot beside it as .png "
+                   "(default: sweep.csv beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="images sampled at once (default: 100, as the study was measured)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/ and the classifier "
+                        "(default: $DIT_DATA_DIR or ./data)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the real statistics are cached (default: fid_computer's)")
+    return p
+
+
+def sweep(args: argparse.Namespace) -> Path:
+    """Sample, time and score every row; returns the CSV's path."""
+    import torch
+
+    import fid_computer
+    from checkpoint import load_model, out_of_memory_as_error, use_bf16
+    from config import UserError, pick_device
+    from diffusion import GaussianDiffusion
+    from inference import apply_sampling_flags, check_sampling_args, class_labels, generate
+    from mnist_classifier import MnistClassifier, load_classifier
+
+    device = pick_device(args.device)
+    checkpoint = Path(args.checkpoint)
+    model, cfg = load_model(checkpoint, device)
+    apply_sampling_flags(cfg, None, None, None, args.cfg_scale)  # None: the checkpoint's
+    classes, T = cfg.model.num_classes, cfg.diffusion.num_timesteps
+    if args.num <= 0 or args.num % classes:
+        raise UserError(f"--num must be a positive multiple of {classes}, so that every digit gets "
+                        f"as many images, got {args.num}")
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    fid_computer.check_enough_images(args.num, MnistClassifier.FEATURE_DIMS, f"--num {args.num}",
+                                     "MNIST-FD", "pass a larger --num")
+    runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
+            for steps in ([T] if sampler == "ddpm" else args.steps)]
+    for sampler, steps in runs:  # every bad step count fails now, not after an hour
+        check_sampling_args(cfg, sampler, steps, 0.0, cfg.sample.cfg_scale)
+    out = Path(args.out) if args.out else checkpoint.parent / "sweep.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    classifier = load_classifier(args.data_dir, device)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    labels = class_labels(classes, args.num // classes, device)
+    bf16 = use_bf16(args.amp, device, training=False)
+    cache_dir = args.cache_dir or fid_computer.CACHE_DIR
+    print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
+          f"{cfg.sample.cfg_scale}, seed {args.seed}, bf16 {'on' if bf16 else 'off'}")
+
+    rows = []
+    for sampler, steps in runs:
+        apply_sampling_flags(cfg, sampler, steps, 0.0, None)
+        g = torch.Generator(device).manual_seed(args.seed)
+        start = time.perf_counter()
+        with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
+                                    "--batch-size"):
+            images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
+                                for chunk in labels.split(args.batch_size)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        scores = fid_computer.mnist_scores(images, labels.cpu(), data_dir=args.data_dir,
+                                           device=device, classifier=classifier,
+                                           cache_dir=cache_dir)
+        rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
+                     "mnist_fd": round(scores["mnist_fd"], 4),
+                     "class_accuracy": round(scores["class_accuracy"], 4),
+                     "seconds": round(seconds, 2), "bf16": bf16})
+        print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  class accuracy "
+              f"{scores['class_accuracy']:.4f}  {seconds:7.1f} s", flush=True)
+        write_sweep(rows, out)  # after every row: an interrupted study keeps what it measured
+    return out
+
+
+def write_rows(f, rows: list[dict]) -> None:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def write_sweep(rows: list[dict], out: Path) -> None:
+    """The study as a CSV and a two-panel plot: MNIST-FD and class accuracy against steps, one
+    line per sampler, DDPM's single point drawn as a horizontal reference line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from checkpoint import atomic_write
+
+    atomic_write(out, lambda f: write_rows(f, rows), text=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in [(axes[0], "mnist_fd", "MNIST-FD (lower is better)"),
+                           (axes[1], "class_accuracy", "class accuracy")]:
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            pts = [(r["steps"], r[key]) for r in rows if r["sampler"] == sampler]
+            if sampler == "ddpm":
+                ax.axhline(pts[0][1], color="gray", ls="--", label=f"DDPM, {pts[0][0]} steps")
+            else:
+                ax.plot(*zip(*pts), marker="o", label=sampler)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"samplers compared on {rows[0]['num_images']} images each", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from config import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        out = sweep(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"sweep: {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

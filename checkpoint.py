@@ -1,0 +1,172 @@
+"""What the three scripts share: checkpoints, atomic files, random state, precision, memory errors.
+
+`train.py` writes a checkpoint, `inference.py` samples from it and benchmarks read it back; all of
+them go through this module, so that no script imports another (as DiT's `download.py` serves
+both of its sample scripts). A checkpoint is a dict of tensors and plain Python types:
+
+    {"model", "ema": state dicts, "optimizer": its state dict, "config": Config.to_dict(),
+     "step", "epoch", "train_seconds", "rng": one RNG state per process, "world_size", "bf16"}
+
+so `torch.load(..., weights_only=True)` reads it without running any pickled code, and the model
+is rebuilt from the stored config (nanoGPT's `GPTConfig(**checkpoint['model_args'])`): no script
+retypes a hyperparameter.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from config import Config, UserError
+from dit import DiT
+
+AMP_CHOICES = ("auto", "bf16", "off")
+
+
+# ------------------------------------------------------------------------------ atomic files
+
+def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: bool = True) -> None:
+    """Call write(f) on a hidden temporary file beside `path`, then rename it over `path`
+    (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
+    folder listing that skips hidden files never sees half a file. With fsync the data reaches
+    the disk before the rename, so a power cut cannot leave an empty file under the final name;
+    fsync=False skips that wait for many small files that can be made again (10,000 PNGs: 42 s
+    with it on the 2-core machine)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+        write(f)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+# ------------------------------------------------------------------------------ reading checkpoints
+
+def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:
+    """torch.load with weights_only=True (tensors and plain types only: a pickle that would run
+    code is refused), turning every failure into a one-line UserError that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: run train.py first or pass --checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{path} is not a plain checkpoint (weights_only loading refused it: "
+                        f"{first[:120]}); only load checkpoints written by train.py") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (EOFError,
+        # RuntimeError from the zip reader, IndexError from the unpickler, ...): all mean "corrupt"
+        raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}): retrain, or "
+                        "resume from an intact copy") from None
+    needed = ["model", "ema", "config"] + (["optimizer", "step", "rng"] if with_training_state else [])
+    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
+    """The Config stored in a checkpoint, or a UserError if this code cannot read it."""
+    try:
+        return Config.from_dict(ckpt["config"])
+    except (TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{path} has a config this code does not know ({e}): was it written by "
+                        "another version of train.py?") from None
+
+
+def load_weights(module: torch.nn.Module | torch.optim.Optimizer, state: dict,
+                 path: str | Path) -> None:
+    """load_state_dict, with a UserError when the shapes do not match the stored config."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:  # optimisers raise ValueError or KeyError
+        detail = str(e).strip().splitlines()[-1].strip()[:150]
+        raise UserError(f"the weights in {path} do not match its config ({detail}): the file is "
+                        "damaged or was edited; retrain it") from None
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               use_ema: bool = True) -> tuple[DiT, Config]:
+    """Rebuild the DiT from the config inside the checkpoint and load its (EMA) weights."""
+    ckpt = read_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    model = DiT(cfg.model)
+    load_weights(model, ckpt["ema" if use_ema else "model"], path)
+    return model.to(device).eval(), cfg
+
+
+# ------------------------------------------------------------------------------ random state
+
+def rng_state(device: torch.device) -> dict:
+    """The RNG states a training process draws from: the CPU's, and its GPU's when it has one."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ------------------------------------------------------------------------------ precision
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo
+    (Linux). Without them bf16 arithmetic is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(amp: str, device: torch.device, training: bool) -> bool:
+    """The project's one bf16 policy: whether the network runs under bf16 autocast.
+
+    "bf16" and "off" (fp32) force it. "auto" is on for CUDA, where bf16 tensor cores are many
+    times faster than fp32. On a CPU, "auto" is on only for sampling and only with native bf16
+    instructions: there sampling ran about 1.3x faster, while training ran slower than fp32
+    (the tiny and default models on the project's 2-core CPU, benchmarks/README.md). The
+    samplers' own arithmetic stays in float64 either way."""
+    if amp not in AMP_CHOICES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp != "auto":
+        return amp == "bf16"
+    if device.type == "cuda":
+        return True
+    return not training and device.type == "cpu" and cpu_has_native_bf16()
+
+
+# ------------------------------------------------------------------------------ memory errors
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and for the CPU allocator's RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                         or "out of memory" in str(e).lower()))
+
+
+@contextmanager
+def out_of_memory_as_error(message: str):
+    """Turn running out of memory inside the block into a one-line UserError(message), which
+    should say what to make smaller; every other error passes through unchanged."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise UserError(message) from None
