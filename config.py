@@ -42,7 +42,7 @@ class ModelConfig:
     image_size: int = 28  # MNIST digits are 28 x 28 pixels
     in_channels: int = 1  # grayscale
     patch_size: int = 7  # 28 / 7 = 4 x 4 = 16 tokens: on a CPU, far more learning per minute than
-    #                      p = 4 (49 tokens) or p = 2 (196) in our 6-minute trials (README)
+    #                      p = 4 (49 tokens) or p = 2 (196) in our 6-minute trials (benchmarks/README.md)
     hidden_size: int = 192  # token width D; affordable because there are only 16 tokens
     depth: int = 6  # number of DiT blocks
     num_heads: int = 6  # head width D / heads = 32
@@ -88,8 +88,9 @@ class TrainConfig:
     lr: float = 2e-3  # AdamW rate (after any warm-up); small models tolerate more than DiT's 1e-4
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step). For the default
-    # 200 steps of warm-up cost more than they saved: class accuracy 0.959 against 0.986 without
-    # (README, Levers). Larger models may still want it (the gpu preset, 32M parameters, keeps 500).
+    # 200 steps of warm-up cost more than they saved: class accuracy 0.959 against 0.986 without,
+    # full-length runs on the 2-core EPYC (commit dfb4f6f). Larger models may still want it (the
+    # gpu preset, 32M parameters, keeps 500).
     warmup_steps: int = 0
     epochs: int = 5  # passes over the 60,000 training images: about 13 minutes on 2 CPU cores
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
@@ -113,7 +114,7 @@ class SampleConfig:
     steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T)
     eta: float = 0.0  # 0 = deterministic DDIM (Song et al. 2021); 1 = DDPM-like noise
     cfg_scale: float = 4.0  # classifier-free guidance; 1 = plain conditional model. 4 read as the
-    #                         asked-for digit far more often than 2 in our trials (README)
+    #                         asked-for digit far more often than 2 in our trials (benchmarks/README.md)
 
 
 @dataclass

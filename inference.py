@@ -153,7 +153,7 @@ def save_trajectory(trajectory: torch.Tensor, x0_hat: torch.Tensor, cols: list[i
                 axes[2 * r + 1][0].set_ylabel("x0-hat", rotation=0, labelpad=18, fontsize=8)
     fig.suptitle("denoising: x_t from pure noise to digit, and under it the predicted x_0",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
     save_figure(fig, path)
 
 
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast for the network: auto = on CUDA and on CPUs with native "
-                        "bf16, off = fp32")
+                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
+                        "(see checkpoint.use_bf16)")
     p.add_argument("--output", default=None, help="grid PNG (default: <checkpoint dir>/grid.png)")
     p.add_argument("--trajectory", action="store_true",
                    help="also save the denoising trajectory, x_t and the predicted x_0 at each "
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
     if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
         raise UserError("--per-row and --batch-size must be positive, --num-per-class 0 or more")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    bf16 = use_bf16(args.amp, device, training=False)
+    bf16 = use_bf16(args.amp, device)
     steps_text = f"{cfg.diffusion.num_timesteps}" if s.sampler == "ddpm" else f"{s.steps}"
     print(f"device: {device} | {s.sampler} with {steps_text} steps, eta {s.eta}, "
           f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}")

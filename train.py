@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="bf16 autocast; auto = on for CUDA, off for the CPU (measured slower "
-                        "there) (default: %(default)s)")
+                        "there; see checkpoint.use_bf16) (default: %(default)s)")
     # Overrides of the preset: a flag that is not given does not appear in args at all (SUPPRESS),
     # and --help lists each preset's value instead of a default.
     for title, section, flags in [("training", "train", TRAIN_FLAGS), ("model", "model", MODEL_FLAGS)]:
@@ -368,8 +368,7 @@ def save_samples(run: Run, name: str) -> Path:
     labels = torch.arange(cfg.model.num_classes, device=device).repeat_interleave(10)  # 0,0,..,9
     shape = (len(labels), cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     s = cfg.sample
-    with torch.autocast(device.type, dtype=torch.bfloat16,
-                        enabled=use_bf16("auto", device, training=False)):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16):
         x = run.diffusion.sample(run.ema, shape, labels, s.sampler, s.steps, s.eta, s.cfg_scale,
                                  generator=torch.Generator(device).manual_seed(cfg.train.seed))
     path = run.out_dir / "samples" / name
@@ -387,13 +386,13 @@ def start_or_resume(args: argparse.Namespace, rt: Runtime) -> tuple[Config, dict
         if ckpt_path.exists() and not args.overwrite:
             raise UserError(f"{ckpt_path} already exists: pass --resume to continue that run, "
                             "--overwrite to replace it, or another --out-dir")
-        return config_from_args(args), None, use_bf16(args.amp, rt.device, training=True)
+        return config_from_args(args), None, use_bf16(args.amp, rt.device)
     if not ckpt_path.exists():
         raise UserError(f"nothing to resume: no checkpoint at {ckpt_path}; drop --resume to "
                         "start a new run, or pass the --out-dir of the run to continue")
     checkpoint = read_checkpoint(ckpt_path, with_training_state=True)
     cfg = config_from_args(args, base=checkpoint_config(checkpoint, ckpt_path))
-    bf16 = use_bf16(args.amp, rt.device, training=True)
+    bf16 = use_bf16(args.amp, rt.device)
     # Exact resume needs the same processes and precision: the data shards, each rank's RNG
     # stream and the arithmetic all depend on them.
     was = (checkpoint.get("world_size", 1), checkpoint.get("bf16", bf16))

@@ -56,7 +56,7 @@ def main() -> None:
           f"{'images/s':>8} |")
     print(f"|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 6}|{'-' * 9}|{'-' * 10}|")
     for sampler, amp in [(s, a) for s in args.samplers for a in args.amp]:
-        bf16 = use_bf16(amp, device, training=False)
+        bf16 = use_bf16(amp, device)
         steps = DEFAULT_STEPS[sampler]
         evals = steps + 1 if sampler == "plms" else steps  # PLMS's first step is a two-call Heun step
 

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 1 = none (default: the checkpoint's)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast for the network: auto = on CUDA and on CPUs with native "
-                        "bf16, off = fp32 (default: auto)")
+                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
+                        "(default: auto)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sampling noise, the same for every row (default: 0)")
     p.add_argument("--out", default=None, help="CSV path, the plot beside it as .png "
@@ -99,7 +99,7 @@ def sweep(args: argparse.Namespace) -> Path:
     classifier = load_classifier(args.data_dir, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
-    bf16 = use_bf16(args.amp, device, training=False)
+    bf16 = use_bf16(args.amp, device)
     cache_dir = args.cache_dir or fid_computer.CACHE_DIR
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
           f"{cfg.sample.cfg_scale}, seed {args.seed}, bf16 {'on' if bf16 else 'off'}")

@@ -73,7 +73,7 @@ def main() -> None:
         labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes, device)
         g = torch.Generator(device).manual_seed(args.seed)
         t = time.perf_counter()
-        bf16 = use_bf16("auto", device, training=False)
+        bf16 = use_bf16("auto", device)
         images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
                             for chunk in labels.split(250)])  # 250 at a time: bounded memory
         sample_sec = time.perf_counter() - t

@@ -135,7 +135,7 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = apply_overrides(get_preset(preset), overrides)
-    bf16 = use_bf16(amp, device, training=True)
+    bf16 = use_bf16(amp, device)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -187,7 +187,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
     for r in rows[1:]:
         fd, acc, sec = map(float, r.split(",")[3:6])
         assert fd > 0 and 0 <= acc <= 1 and sec > 0
-        assert r.split(",")[6] == str(use_bf16("auto", pick_device(None), training=False))
+        assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(list((tmp_path / "images" / "cache").glob("real_mnist128_*.npz"))) == 1
 

@@ -37,4 +37,4 @@ def test_out_of_memory_becomes_the_given_one_line_error_and_nothing_else_does():
 
 def test_unknown_precision_is_refused():
     with pytest.raises(UserError, match="--amp must be one of auto, bf16, off"):
-        use_bf16("fp8", torch.device("cpu"), training=True)
+        use_bf16("fp8", torch.device("cpu"))
