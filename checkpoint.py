@@ -36,7 +36,7 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     folder listing that skips hidden files never sees half a file. With fsync the data reaches
     the disk before the rename, so a power cut cannot leave an empty file under the final name;
     fsync=False skips that wait for many small files that can be made again (10,000 PNGs: 42 s
-    with it on the 2-core machine)."""
+    with it on the 2-core Xeon)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:

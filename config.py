@@ -92,7 +92,7 @@ class TrainConfig:
     # full-length runs on the 2-core EPYC (commit dfb4f6f). Larger models may still want it (the
     # gpu preset, 32M parameters, keeps 500).
     warmup_steps: int = 0
-    epochs: int = 5  # passes over the 60,000 training images: about 13 minutes on 2 CPU cores
+    epochs: int = 5  # passes over the 60,000 training images: under 10 minutes on the 2-core Xeon
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
     time_limit: float = 0.0  # if > 0, stop after this many minutes of training (over resumes)
     grad_clip: float = 1.0  # clip the gradient norm: one bad batch cannot wreck the weights

@@ -20,9 +20,10 @@ The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 It needs a full-rank covariance, so at least d + 1 images for d-dim features. Estimated from
 samples it is biased upwards, the more so the fewer the images: compare scores only at equal
-numbers (benchmarks/fid_floor.py: 10,000 MNIST training digits score MNIST-FD 3.7-4.1 against
-the test set, 1,000 of them 12-13.5). On the 2-core CPU the Inception network reads about 8
-images/s (each digit resized to 299 x 299): ~20 min per 10,000 images, for the real set once.
+numbers (benchmarks/fid_floor.py on the 2-core Xeon: 10,000 MNIST training digits score MNIST-FD
+3.4-3.9 against the test set, 1,000 of them 11.7-13.3). On the 2-core EPYC the Inception network
+read about 8 images/s (each digit resized to 299 x 299): ~20 min per 10,000 images, for the real
+set once.
 
 References:
   FID:  Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
@@ -334,18 +335,19 @@ def run(args: argparse.Namespace) -> None:
 
     # 3. The networks, and enough generated images for each one's features (checked before
     #    the long Inception run, so that a bad folder fails in seconds).
+    #    With --metric all, FID is skipped with a warning where it cannot be computed (too few
+    #    images for its features, no weights) and the MNIST scores still come.
     inception = classifier = None
+    more = f"sample more: {sample_command(args.fake, args.metric)}"
     if args.metric != "mnist":
         try:
+            check_enough_images(len(fake.files), args.dims, args.fake, "FID",
+                                f"{more}, or pass a smaller --dims (64, 192 or 768)")
             inception = load_inception(args.dims, device)
-        except InceptionWeightsMissing as e:
+        except UserError as e:  # too few images, or InceptionWeightsMissing
             if args.metric == "inception":
                 raise
             print(f"warning: FID skipped: {e}", file=sys.stderr)
-    more = f"sample more: {sample_command(args.fake, args.metric)}"
-    if inception is not None:
-        check_enough_images(len(fake.files), args.dims, args.fake, "FID",
-                            f"{more}, or pass a smaller --dims (64, 192 or 768)")
     if args.metric != "inception":
         check_enough_images(len(fake.files), MnistClassifier.FEATURE_DIMS, args.fake, "MNIST-FD",
                             more)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from checkpoint import AMP_CHOICES, load_model, out_of_memory_as_error, use_bf16
 from config import Config, UserError, pick_device
-from dataset import labelled_file_name, to_uint8
+from dataset import LABELLED_NAME, labelled_file_name, to_uint8
 from diffusion import SAMPLERS, GaussianDiffusion
 from dit import DiT
 
@@ -97,10 +99,31 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
     save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def shown_columns(num_states: int, columns: int) -> list[int]:
+TRAJECTORY_COLUMNS = 10  # states shown per digit: enough to see the digit appear, small enough to read
+
+
+def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[int]:
     """`columns` evenly spaced indices into a trajectory of num_states states, first and last kept."""
     last = num_states - 1
     return sorted({round(i * last / (columns - 1)) for i in range(columns)})
+
+
+def trajectory_panels(model: DiT, diffusion: GaussianDiffusion, cfg: Config, labels: torch.Tensor,
+                      generator=None, bf16: bool = False):
+    """Sample one image per label, keeping every state, and pick the states to show.
+
+    Returns (states, x0_hat, titles): states and x0_hat (columns, B, C, H, W) on the CPU, where
+    state k sits at noise level timesteps[k] of the sampler (state 0 is the noise x_T) and the
+    last column is the finished sample x_0, shown as its own prediction."""
+    s = cfg.sample
+    _, trajectory = generate(model, diffusion, labels, cfg, generator, bf16,
+                             return_intermediates=True)  # (S + 1, B, C, H, W)
+    timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # (S,): the level of state k
+    cols = shown_columns(len(trajectory))  # the last is S, the sample x_0
+    x0_hat = predict_clean(model, diffusion, trajectory[cols[:-1]],
+                           [timesteps[c] for c in cols[:-1]], labels, s.cfg_scale, bf16)
+    titles = ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
+    return trajectory[cols], torch.cat([x0_hat, trajectory[-1:]]), titles
 
 
 @torch.no_grad()
@@ -124,36 +147,31 @@ def predict_clean(model: DiT, diffusion: GaussianDiffusion, states: torch.Tensor
     return torch.stack(out)
 
 
-def save_trajectory(trajectory: torch.Tensor, x0_hat: torch.Tensor, cols: list[int],
-                    labels: list[int], timesteps: list[int], path: str | Path) -> None:
-    """Two rows per digit: x_t at the sampler steps `cols`, from noise (left) to digit (right),
-    and under it x0_hat, the network's prediction of the clean digit at that step.
-    trajectory: (S + 1, B, C, H, W) with index 0 the noise x_T and index S the sample x_0;
-    x0_hat: (len(cols), B, C, H, W), one prediction per shown column (the last is x_0 itself)."""
+def save_trajectory(states: torch.Tensor, x0_hat: torch.Tensor, titles: list[str],
+                    labels: list[int], path: str | Path) -> None:
+    """Two rows per digit: the states x_t from noise (left) to digit (right), and under them
+    x0_hat, the network's prediction of the clean digit at that step (trajectory_panels)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    S = trajectory.shape[0] - 1
-    fig, axes = plt.subplots(2 * len(labels), len(cols), squeeze=False,
-                             figsize=(0.95 * len(cols), 0.95 * 2 * len(labels)))
+    cell = 0.95  # inches per image
+    fig, axes = plt.subplots(2 * len(labels), len(titles), squeeze=False,
+                             figsize=(cell * len(titles), cell * 2 * len(labels)))
     for r, label in enumerate(labels):
-        for c, idx in enumerate(cols):
-            for row, image in [(2 * r, trajectory[idx, r, 0]), (2 * r + 1, x0_hat[c, r, 0])]:
+        for c, title in enumerate(titles):
+            for row, image in [(2 * r, states[c, r, 0]), (2 * r + 1, x0_hat[c, r, 0])]:
                 ax = axes[row][c]
                 ax.imshow(image.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
-            if r == 0:  # trajectory[idx] sits at noise level timesteps[idx]; the last one is x_0
-                ax = axes[0][c]
-                ax.set_title("x_T (noise)" if idx == 0 else ("x_0" if idx == S else f"t={timesteps[idx]}"),
-                             fontsize=8)
-            if c == 0:
-                axes[2 * r][0].set_ylabel(f"{label}: x_t", rotation=0, labelpad=18, fontsize=8)
-                axes[2 * r + 1][0].set_ylabel("x0-hat", rotation=0, labelpad=18, fontsize=8)
+            if r == 0:
+                axes[0][c].set_title(title, fontsize=8)
+        axes[2 * r][0].set_ylabel(f"{label}: x_t", rotation=0, labelpad=18, fontsize=8)
+        axes[2 * r + 1][0].set_ylabel("x0-hat", rotation=0, labelpad=18, fontsize=8)
     fig.suptitle("denoising: x_t from pure noise to digit, and under it the predicted x_0",
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # 0.3 inch for the title
     save_figure(fig, path)
 
 
@@ -213,24 +231,38 @@ def save_figure(fig, path: str | Path) -> None:
 def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
                        out_dir: str | Path, device, batch_size: int = 500, seed: int = 0,
                        bf16: bool = False, progress: bool = True) -> list[Path]:
-    """Write per_class images of every digit as 28 x 28 grayscale PNGs, in batches."""
+    """Write per_class images of every digit as 28 x 28 grayscale PNGs named <index>_<label>.png.
+
+    The images go into a hidden sibling folder that replaces out_dir only when it is complete:
+    an interrupted run leaves the previous set as it was, and a smaller run never leaves older
+    images beside its own (fid_computer.py would score them all). A folder holding anything but
+    such PNGs is refused rather than deleted."""
     from PIL import Image
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).resolve()  # resolved: "." has no name to derive the sibling's from
+    if out_dir.exists():
+        foreign = [p.name for p in out_dir.iterdir() if not LABELLED_NAME.match(p.name)]
+        if not out_dir.is_dir() or foreign:
+            raise UserError(f"{out_dir} holds {'files' if out_dir.is_dir() else 'a file'} this "
+                            f"script did not write (e.g. {(foreign or [out_dir.name])[0]!r}), so "
+                            "it will not replace it: pass another --out-dir")
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # our own leftover from an interrupted run
+    partial.mkdir(parents=True)
     labels = class_labels(cfg.model.num_classes, per_class)
     generator = torch.Generator(device).manual_seed(seed)
-    paths = []
+    names = []
     with tqdm(total=len(labels), desc="images", unit="img", disable=not progress) as bar:
         for start in range(0, len(labels), batch_size):
             batch = labels[start : start + batch_size].to(device)
             pixels = to_uint8(generate(model, diffusion, batch, cfg, generator, bf16)).cpu()
-            for i, (img, label) in enumerate(zip(pixels, batch.tolist())):
-                path = out_dir / labelled_file_name(start + i, label)
-                Image.fromarray(img[0].numpy()).save(path)
-                paths.append(path)
+            for i, (img, label) in enumerate(zip(pixels, batch.tolist())):  # img (1, 28, 28)
+                names.append(labelled_file_name(start + i, label))
+                Image.fromarray(img[0].numpy()).save(partial / names[-1])
             bar.update(len(batch))
-    return paths
+    shutil.rmtree(out_dir, ignore_errors=True)  # checked above: only images we wrote
+    os.replace(partial, out_dir)
+    return [out_dir / name for name in names]
 
 
 # ------------------------------------------------------------------------------ main
@@ -283,6 +315,9 @@ def run(args: argparse.Namespace) -> None:
     with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
                                 "--batch-size or --per-row"):
         if args.num_per_class > 0:
+            if args.trajectory or args.guidance_strip or args.output:
+                raise UserError("--num-per-class writes image files only: drop --trajectory, "
+                                "--guidance-strip and --output, or run them separately")
             paths = write_class_images(model, diffusion, cfg, args.num_per_class, args.out_dir,
                                        device, args.batch_size, args.seed, bf16)
             print(f"wrote {len(paths)} images to {args.out_dir}")
@@ -294,16 +329,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"grid ({len(digits)} rows x {args.per_row}): {out}")
         if args.trajectory:
             g = torch.Generator(device).manual_seed(args.seed)
-            labels = torch.tensor(digits, device=device)
-            _, trajectory = generate(model, diffusion, labels, cfg, g, bf16, return_intermediates=True)
-            timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # noise level of each state
-            cols = shown_columns(len(trajectory), columns=10)
-            S = len(trajectory) - 1  # the last state, x_0, is shown as it is
-            x0_hat = predict_clean(model, diffusion, trajectory[[c for c in cols if c < S]],
-                                   [timesteps[c] for c in cols if c < S], labels, s.cfg_scale, bf16)
-            x0_hat = torch.cat([x0_hat, trajectory[S:]])  # (len(cols), B, C, H, W)
+            panels = trajectory_panels(model, diffusion, cfg, torch.tensor(digits, device=device),
+                                       g, bf16)
             path = ckpt_dir / "trajectory.png"
-            save_trajectory(trajectory, x0_hat, cols, digits, timesteps, path)
+            save_trajectory(*panels, digits, path)
             print(f"trajectory: {path}")
         if args.guidance_strip:
             strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16)

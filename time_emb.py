@@ -30,12 +30,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
 
+FREQUENCY_DIM = 256  # as in DiT: more frequencies than T = 1000 steps need is harmless
+
+
 class TimestepEmbedder(nn.Module):
     """t -> sinusoidal features (frequency_dim) -> Linear -> SiLU -> Linear -> (B, hidden_size)."""
 
-    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+    def __init__(self, hidden_size: int, frequency_dim: int = FREQUENCY_DIM):
         super().__init__()
-        self.frequency_dim = frequency_dim  # 256 as in DiT: more frequencies than T needs is harmless
+        self.frequency_dim = frequency_dim
         self.mlp = nn.Sequential(
             nn.Linear(frequency_dim, hidden_size),
             nn.SiLU(),

@@ -418,9 +418,9 @@ def restore(run: Run, checkpoint: dict) -> None:
 # ------------------------------------------------------------------------------ the loop
 
 def train_loop(run: Run, batches: InMemoryBatches, train_model, total_steps: int,
-               stops: StopRequests) -> bool:
-    """Step until total_steps, the time limit or a stop request; returns whether it was stopped
-    (by a signal here or in another process, or by the time limit) before total_steps."""
+               stops: StopRequests) -> None:
+    """Step until total_steps, the time limit or a stop request (a signal here or in another
+    process); with several processes all ranks stop after the same step."""
     cfg, rt = run.cfg, run.rt
     sample_every = cfg.train.sample_every or run.steps_per_epoch
     t_last, seen_since_log = time.time(), 0
@@ -459,7 +459,6 @@ def train_loop(run: Run, batches: InMemoryBatches, train_model, total_steps: int
                               f"{save_samples(run, f'step_{run.step:07d}.png')}")
                 if run.step >= total_steps or stop:
                     break
-    return stop
 
 
 # ------------------------------------------------------------------------------ main

@@ -72,6 +72,8 @@ def model_flops_per_image(m) -> float:
     versions (some count its backward's recomputation, some skip the kernel); the tests check
     this formula against the counter on benchmarks/naive_dit.py, whose plain matmuls every
     version counts alike. Norms, softmax and activations are left out (a few percent here)."""
+    from time_emb import FREQUENCY_DIM
+
     N = (m.image_size // m.patch_size) ** 2  # tokens
     D, P = m.hidden_size, m.patch_size**2 * m.in_channels  # width, pixels per patch
     mlp_hidden = int(D * m.mlp_ratio)
@@ -81,7 +83,7 @@ def model_flops_per_image(m) -> float:
                  + 2 * N * D * D  # attention output projection
                  + 2 * 2 * N * D * mlp_hidden)  # the MLP's two layers
     forward = (2 * N * P * D  # patch embedding
-               + 2 * (256 * D + D * D)  # timestep MLP (256 frequencies, as in time_emb.py)
+               + 2 * (FREQUENCY_DIM * D + D * D)  # the timestep MLP
                + m.depth * per_block
                + 2 * D * 2 * D + 2 * N * D * P)  # final layer: adaLN, then tokens to pixels
     return 3.0 * forward

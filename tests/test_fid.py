@@ -222,12 +222,8 @@ def test_classifier_on_real_mnist(tmp_path):
     images, labels = load_mnist(data_dir, train=False, download=False)
     _, preds = mc.classify(model, images)
     assert (preds == labels).float().mean().item() >= 0.99
-    # The test set as files, written here: export_real_images syncs each file to the disk, which
-    # takes most of a minute for 10,000 of them.
     real = tmp_path / "real"
-    real.mkdir()
-    for i, (digit, label) in enumerate(zip(images, labels.tolist())):
-        Image.fromarray(digit.numpy()).save(real / labelled_file_name(i, label))
+    assert fc.export_real_images(data_dir, real, progress=False) == len(images)
     scores = fc.mnist_scores(images, labels, real=real, classifier=model, cache_dir=tmp_path)
     assert abs(scores["mnist_fd"]) < 1e-3 and scores["class_accuracy"] >= 0.99
     assert min(scores["per_class_accuracy"].values()) >= 0.97
@@ -377,3 +373,15 @@ def test_nothing_sampled_yet_names_the_inference_command(tmp_path, capsys):
     # The standard FID wants 10,000 images, as many as the test set.
     status, out, err = run_main(["--fake", tmp_path / "missing"], capsys)
     assert status == 1 and "--num-per-class 1000 --out-dir" in err
+
+
+def test_metric_all_on_too_few_images_for_fid_skips_it_and_scores_mnist(tiny, tmp_path, capsys):
+    """1,000 samples suit MNIST-FD's 128 dims but not FID's 2048: the default --metric all warns
+    about FID (before loading Inception) and still prints the MNIST scores."""
+    fake = write_pngs(tmp_path / "fake", 200)
+    status, out, err = run_main(["--data-dir", tiny, "--real", write_pngs(tmp_path / "real", 200),
+                                 "--fake", fake], capsys)
+    assert status == 0, err
+    warning = [l for l in err.splitlines() if "FID skipped" in l]
+    assert len(warning) == 1 and "needs at least 2049" in warning[0]
+    assert "FID:" not in out and "MNIST-FD:" in out and "class accuracy:" in out

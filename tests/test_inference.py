@@ -32,10 +32,9 @@ def test_grid_trajectory_and_guidance_strip(checkpoint, tmp_path, capsys):
 
 def test_predicted_clean_image_is_x0_hat_of_each_step():
     """With a "model" that knows the clean image, x0-hat must be that image at every step of a
-    real trajectory; with a real network, it is predict_x0_from_eps of its guided prediction."""
+    real trajectory."""
     from config import get_preset
     from diffusion import GaussianDiffusion
-    from dit import DiT
     from helpers import X0Oracle
 
     cfg = get_preset("tiny")
@@ -50,17 +49,32 @@ def test_predicted_clean_image_is_x0_hat_of_each_step():
     assert x0_hat.shape == trajectory[:-1].shape
     assert torch.allclose(x0_hat.double(), x0.expand_as(x0_hat), atol=1e-5)
 
-    torch.manual_seed(0)
-    model = DiT(cfg.model).eval()
-    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.1)  # a network that is not zero
-    states, t = trajectory[[0, 4]], [timesteps[0], timesteps[4]]
-    got = inference.predict_clean(model, diffusion, states, t, labels, 4.0)
-    for i in range(2):
-        t_batch = torch.full((2,), t[i])
-        x_t = states[i].double()
-        eps = model.forward_with_cfg(x_t, t_batch, labels, 4.0).double()
-        expected = diffusion.predict_x0_from_eps(x_t, t_batch, eps).float()
-        assert torch.allclose(got[i], expected, atol=1e-5)
+
+
+def test_trajectory_panels_pair_each_state_with_its_own_timestep(checkpoint):
+    """The picture's columns: state k of the sampler sits at noise level timesteps[k], and its
+    x0-hat is predict_x0_from_eps of the network's guided prediction at exactly that level."""
+    from checkpoint import load_model
+    from diffusion import GaussianDiffusion
+
+    model, cfg = load_model(checkpoint)
+    cfg.sample.steps = 12
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    labels = torch.tensor([2, 7])
+    states, x0_hat, titles = inference.trajectory_panels(model, diffusion, cfg, labels,
+                                                         torch.Generator().manual_seed(0))
+    _, full = inference.generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0),
+                                 return_intermediates=True)
+    timesteps = diffusion.sampler_timesteps("ddim", 12)
+    cols = inference.shown_columns(len(full))
+    assert len(cols) == 10 and cols[0] == 0 and cols[-1] == 12
+    assert torch.equal(states, full[cols]) and torch.equal(x0_hat[-1], full[-1])
+    assert titles == ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
+    for k, c in enumerate(cols[:-1]):
+        t = torch.full((2,), timesteps[c])
+        x_t = full[c].double()
+        eps = model.forward_with_cfg(x_t, t, labels, cfg.sample.cfg_scale).double()
+        assert torch.allclose(x0_hat[k], diffusion.predict_x0_from_eps(x_t, t, eps).float(), atol=1e-5)
 
 
 def test_guidance_strip_uses_one_noise_for_all_scales(checkpoint):
@@ -186,3 +200,18 @@ def test_checkpoint_shapes_not_matching_config(checkpoint, tmp_path, capsys):
     torch.save(ckpt, bad)
     assert inference.main(["--checkpoint", str(bad)]) == 1
     assert "do not match its config" in capsys.readouterr().err
+
+
+def test_class_files_replace_the_folder_whole_and_refuse_foreign_files(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "fake"
+    argv = ["--checkpoint", str(checkpoint), "--out-dir", str(folder), "--steps", "2"]
+    assert inference.main(argv + ["--num-per-class", "3"]) == 0
+    assert inference.main(argv + ["--num-per-class", "1"]) == 0  # smaller: no old images left over
+    assert sorted(f.name for f in folder.iterdir()) == [f"{i:05d}_{i}.png" for i in range(10)]
+    assert [p.name for p in tmp_path.iterdir()] == ["fake"]  # the hidden work folder is gone
+    (folder / "notes.txt").write_text("mine")
+    assert inference.main(argv + ["--num-per-class", "1"]) == 1
+    assert "did not write (e.g. 'notes.txt')" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert inference.main(argv + ["--num-per-class", "1", "--trajectory"]) == 1
+    assert "image files only" in capsys.readouterr().err
