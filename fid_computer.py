@@ -262,13 +262,14 @@ def fake_pixels(fake, labels) -> tuple[torch.Tensor, torch.Tensor | None, str]:
 def mnist_scores(fake, labels=None, *, real: str | Path = REAL_DIR,
                  data_dir: str | Path | None = None, device: torch.device | str = "cpu",
                  classifier: MnistClassifier | None = None, cache_dir: str | Path = CACHE_DIR,
-                 batch_size: int = 500) -> dict:
+                 batch_size: int = 500, real_files: list[Path] | None = None) -> dict:
     """MNIST-FD and class accuracy of generated digits.
 
     fake:   a folder of PNGs (the labels are read from names <index>_<label>.png), or a tensor:
             uint8 (N, 28, 28) in 0..255, or float (N, 1, 28, 28) in [-1, 1] as the sampler gives.
     labels: for a tensor, the digit each image was generated for (None: no class accuracy).
     real:   the folder of real images; the default is filled with the MNIST test set of data_dir.
+    real_files: its files, when the caller has listed them already (real_image_files).
     Returns {"mnist_fd", "class_accuracy" (None without labels), "per_class_accuracy" ({digit:
     accuracy}; None without labels), "num_images"}. The real statistics are cached in cache_dir.
     """
@@ -278,8 +279,10 @@ def mnist_scores(fake, labels=None, *, real: str | Path = REAL_DIR,
     check_mnist_size(pixels, what)
     dims = MnistClassifier.FEATURE_DIMS
     check_enough_images(len(pixels), dims, what, "MNIST-FD", "generate more")
-    real_mu, real_sigma = real_statistics(real, real_image_files(real, data_dir), classifier, dims,
-                                          cache_dir, batch_size, device)
+    if real_files is None:
+        real_files = real_image_files(real, data_dir)
+    real_mu, real_sigma = real_statistics(real, real_files, classifier, dims, cache_dir,
+                                          batch_size, device)
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
     scores = {"mnist_fd": frechet_distance(mu, sigma, real_mu, real_sigma),
@@ -369,7 +372,7 @@ def run(args: argparse.Namespace) -> None:
         # The classifier is small: big batches are faster and fit anywhere.
         scores = mnist_scores(fake, real=args.real, data_dir=args.data_dir, device=device,
                               classifier=classifier, cache_dir=args.cache_dir,
-                              batch_size=max(args.batch_size, 500))
+                              batch_size=max(args.batch_size, 500), real_files=real_files)
         print(f"MNIST-FD: {scores['mnist_fd']:.3f}")
         if scores["class_accuracy"] is None:
             print(f"warning: class accuracy skipped: {fake.no_labels_reason}", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 fid_computer.py compares generated digits with the test set in the 128-dim penultimate features of
 this network (MNIST-FD) and asks it which digit each image shows (class accuracy). It is trained
-once on the MNIST training set (5 epochs, about a minute on the project's 2-core CPUs, 99.04-99.07% test
-accuracy) and kept as `<data dir>/mnist_classifier.pth`, next to the digits it learnt from.
+once on the MNIST training set (5 epochs, about a minute on the project's 2-core CPUs,
+99.04-99.07% test accuracy) and kept as `<data dir>/mnist_classifier.pth`, next to the digits it
+learnt from.
 
 A Frechet distance in the features of a domain classifier instead of Inception is TF-GAN's
 "Frechet classifier distance"; asking a trained classifier about conditional samples is the idea
