@@ -158,7 +158,7 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
         model = DiT(cfg.model).to(device)
         batches = (b for epoch in range(1000) for b in InMemoryBatches(images, labels, B, device).epoch(epoch))
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    optimizer = train.make_optimizer(model, cfg)
     flops = model_flops_per_image(cfg.model)
     # As in train.py: the compiled module shares its parameters with `model`, which the EMA reads.
     step_model = torch.compile(model) if compile_model else model
@@ -166,7 +166,7 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
     def step(i):
         x0, y = next(batches)
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        train.train_step(step_model, diffusion, optimizer, x0, y, cfg, i, bf16)
+        train.train_step(step_model, diffusion, optimizer, x0, y, cfg, cfg.train.lr, bf16)
         train.update_ema(ema, model, train.ema_decay_at(i, cfg))
 
     if device.type == "cuda":

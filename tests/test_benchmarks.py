@@ -22,11 +22,11 @@ def test_apply_overrides_parses_each_field_as_its_type():
 
 
 def test_apply_overrides_checks_the_combination_not_each_step():
-    # The cpu preset has 6 heads: width 64 alone would not divide, width 64 with 4 heads does.
-    cfg = tt.apply_overrides(get_preset("cpu"), ["model.hidden_size=64", "model.num_heads=4"])
-    assert (cfg.model.hidden_size, cfg.model.num_heads) == (64, 4)
+    # 5 heads alone do not divide the cpu preset's width 128; with width 120 they do.
+    cfg = tt.apply_overrides(get_preset("cpu"), ["model.num_heads=5", "model.hidden_size=120"])
+    assert (cfg.model.hidden_size, cfg.model.num_heads) == (120, 5)
     with pytest.raises(SystemExit, match="not divisible"):
-        tt.apply_overrides(get_preset("cpu"), ["model.hidden_size=64"])
+        tt.apply_overrides(get_preset("cpu"), ["model.num_heads=5"])
 
 
 @pytest.mark.parametrize("item, message", [
@@ -111,7 +111,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
     def fake_score(argv):
         calls.append(("score", argv))
         out = Path(argv[argv.index("--out") + 1])
-        if "lr_1e-3" in str(out):
+        if "lr_2e-3" in str(out):
             return 1  # the third lever's scoring fails
         out.write_text("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16\n"
                        "ddim,50,130,123.4,0.5,1.0,True\n")
@@ -119,9 +119,9 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
 
     monkeypatch.setattr(train, "main", fake_train)
     monkeypatch.setattr(sampler_study, "main", fake_score)
-    for name in ["default", "no min-SNR", "lr 1e-3"]:
+    for name in ["default", "no min-SNR", "lr 2e-3"]:
         (tmp_path / levers.slug(name)).mkdir()
-    status = levers.main(["--levers", "default", "no min-SNR", "no min-SNR", "lr 1e-3",
+    status = levers.main(["--levers", "default", "no min-SNR", "no min-SNR", "lr 2e-3",
                           "--steps", "7", "--num", "130", "--out-dir", str(tmp_path)])
     assert status == 1
     run_dir = str(tmp_path / "no_min-SNR")
@@ -134,7 +134,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
     out, err = capsys.readouterr()
     assert "| default | `(none)` | 123.4 | 0.500 |" in out
     assert "| no min-SNR | `--min-snr-gamma 0` | 123.4 | 0.500 |" in out
-    assert "scoring 'lr 1e-3' failed" in err
+    assert "scoring 'lr 2e-3' failed" in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -254,11 +254,25 @@ def test_ema_flags_reach_the_config():
 
 def test_learning_rate_warm_up_is_linear_then_constant():
     parser = train.build_parser()
-    cfg = train.config_from_args(parser.parse_args([]))  # the default: no warm-up
-    assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg) == cfg.train.lr
-    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3"]))
-    assert [train.lr_at(s, cfg) for s in range(6)] == pytest.approx(
+    cfg = train.config_from_args(parser.parse_args(["--no-lr-decay"]))  # no warm-up, no decay
+    assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg, 10) == cfg.train.lr
+    assert train.lr_at(9, cfg, 10) == cfg.train.lr
+    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3",
+                                                    "--no-lr-decay"]))
+    assert [train.lr_at(s, cfg, 10) for s in range(6)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
+    parser = train.build_parser()
+    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "2", "--lr", "1e-3",
+                                                    "--lr-decay"]))
+    # Steps 0 and 1 warm up; then 6 steps fall from the full rate (step 2) towards 0 (step 8).
+    lrs = [train.lr_at(s, cfg, 8) for s in range(8)]
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert lrs[5] == pytest.approx(5e-4)  # half-way down the cosine: half the rate
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0
+    assert train.lr_at(8, cfg, 8) == pytest.approx(0, abs=1e-12)
 
 
 def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
@@ -277,7 +291,8 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
 def test_help_shows_each_presets_value_of_the_override_flags():
     text = " ".join(train.build_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text
-    assert "[cpu 5, gpu 30, tiny 1]" in text  # --epochs
+    assert "[cpu 11, gpu 30, tiny 1]" in text  # --epochs
+    assert "[cpu True, gpu False, tiny True]" in text  # --lr-decay, a yes/no flag
     assert "[cpu 7, gpu 2, tiny 7]" in text  # --patch-size
     args = train.build_parser().parse_args([])
     assert not hasattr(args, "epochs") and not hasattr(args, "ema_warmup")  # not given: the preset's
