@@ -55,7 +55,8 @@ TRAIN_FLAGS = {  # flag -> help; the value of each is the preset's unless the fl
     "batch_size": "images per optimiser step (per process)",
     "lr": "AdamW learning rate",
     "warmup_steps": "steps of linear learning-rate warm-up (0 = none)",
-    "lr_decay": "after any warm-up, the rate falls along a half cosine to 0 at the run's last step",
+    "lr_decay": "after any warm-up, the rate falls along a half cosine to 0 at the run's last step "
+                "(a resumed run with a new length decays towards its new end)",
     "min_snr_gamma": "min-SNR loss weighting; 0 = plain MSE",
     "ema_decay": "0 = no averaging: sample from the raw weights",
     "ema_warmup": "EMA decay min(decay, (1 + step) / (10 + step)); --no-ema-warmup uses the "
@@ -245,9 +246,9 @@ def ema_decay_at(step: int, cfg: Config) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW as in DiT. fused=True updates all 71 tensors in one kernel: on the 2-core Xeon an
-    update of the default's 4.2M parameters takes 2.0 ms instead of 6.9 (benchmarks/README.md),
-    which is 11% of a batch-32 step."""
+    """AdamW as in DiT. fused=True updates every tensor in one kernel: on the 2-core Xeon an
+    update of a 4.2M-parameter model took 2.0 ms instead of 6.9 (benchmarks/README.md), a cost
+    that matters more the smaller the batch."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                              weight_decay=cfg.train.weight_decay, fused=True)
 
@@ -461,8 +462,8 @@ def train_loop(run: Run, batches: InMemoryBatches, train_model, total_steps: int
                     now = time.time()
                     ips = seen_since_log / max(now - t_last, 1e-9)
                     run.log_rows.append({"step": run.step, "epoch": epoch, "loss": loss,
-                                         "lr": lr_at(run.step - 1, cfg, total_steps), "images_per_sec": ips,
-                                         "elapsed_sec": run.train_seconds()})
+                                         "lr": lr_at(run.step - 1, cfg, total_steps),
+                                         "images_per_sec": ips, "elapsed_sec": run.train_seconds()})
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
                     t_last, seen_since_log = now, 0
                 if run.step % cfg.train.checkpoint_every == 0:

@@ -76,7 +76,7 @@ def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[s
 
 
 def print_table(rows: list[tuple[str, dict]], steps: int, num: int) -> None:
-    print(f"\nlevers: {steps} steps each, {num} samples, DDIM 50 steps, guidance 4, seed 0")
+    print(f"\nlevers: {steps} steps each, {num} samples, DDIM 50 steps, the default guidance, seed 0")
     print("| run | train.py flags | MNIST-FD | class accuracy | what it changes |")
     print("|---|---|---|---|---|")
     for name, scores in rows:
