@@ -88,8 +88,8 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # on 2 CPU cores, twice the updates of batch 128 at 93% of its images/s:
-    #                        MNIST-FD 66.5 against 102.1 in the same 9 minutes (benchmarks/README.md)
+    batch_size: int = 64  # on 2 CPU cores, 1.8x the updates of batch 128 in the same 9 minutes:
+    #                        MNIST-FD 66.5 against 102.1 (the 4.2M model; benchmarks/README.md)
     lr: float = 4e-3  # AdamW peak rate; small models tolerate far more than DiT's 1e-4
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step). For the
