@@ -1,6 +1,6 @@
 """Time to quality: train runs of several lengths and score 1,000 samples of each.
 
-    python benchmarks/time_to_quality.py                       # cpu preset, 2 4 11 16 epochs
+    python benchmarks/time_to_quality.py                       # cpu preset, 2 4 8 16 epochs
     python benchmarks/time_to_quality.py --epochs 2 4 --out-dir runs/ttq -- --lr 3e-3
 
 Each length is its own run from scratch (`train.py --epochs N`), not a checkpoint of one long run:
@@ -33,7 +33,7 @@ def main() -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 11, 16],
+    p.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8, 16],
                    help="the length of each run, in passes over the training set")
     p.add_argument("--out-dir", default="runs/time_to_quality", help="holds one folder per run")
     p.add_argument("--data-dir", default=None)

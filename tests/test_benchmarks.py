@@ -22,7 +22,7 @@ def test_apply_overrides_parses_each_field_as_its_type():
 
 
 def test_apply_overrides_checks_the_combination_not_each_step():
-    # 5 heads alone do not divide the cpu preset's width 128; with width 120 they do.
+    # 5 heads alone do not divide the cpu preset's width 96; with width 120 they do.
     cfg = tt.apply_overrides(get_preset("cpu"), ["model.num_heads=5", "model.hidden_size=120"])
     assert (cfg.model.hidden_size, cfg.model.num_heads) == (120, 5)
     with pytest.raises(SystemExit, match="not divisible"):

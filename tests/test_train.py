@@ -291,7 +291,7 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
 def test_help_shows_each_presets_value_of_the_override_flags():
     text = " ".join(train.build_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text
-    assert "[cpu 11, gpu 30, tiny 1]" in text  # --epochs
+    assert "[cpu 16, gpu 30, tiny 1]" in text  # --epochs
     assert "[cpu True, gpu False, tiny True]" in text  # --lr-decay, a yes/no flag
     assert "[cpu 7, gpu 2, tiny 7]" in text  # --patch-size
     args = train.build_parser().parse_args([])
