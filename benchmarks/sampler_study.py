@@ -6,9 +6,10 @@
 
 DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ run at each of
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
-the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given, times the
-sampling, and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the
-MNIST test set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
+the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
+`--eta`, 0 unless given, so that it is deterministic like the other two), times the sampling,
+and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the MNIST test
+set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
 count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
 a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
 checkpoint).
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
-COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16"]
+COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: all")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="guidance scale, 1 = none (default: the checkpoint's)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM's noise: 0 = deterministic, as the other samplers, so the study "
+                        "compares the ODE samplers; 1 = the default sampling (default: 0)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
                         "(default: auto)")
@@ -93,7 +97,7 @@ def sweep(args: argparse.Namespace) -> Path:
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
             for steps in ([T] if sampler == "ddpm" else args.steps)]
     for sampler, steps in runs:  # every bad step count fails now, not after an hour
-        check_sampling_args(cfg, sampler, steps, 0.0, cfg.sample.cfg_scale)
+        check_sampling_args(cfg, sampler, steps, args.eta, cfg.sample.cfg_scale)
     out = Path(args.out) if args.out else checkpoint.parent / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(args.data_dir, device)
@@ -106,7 +110,7 @@ def sweep(args: argparse.Namespace) -> Path:
 
     rows = []
     for sampler, steps in runs:
-        apply_sampling_flags(cfg, sampler, steps, 0.0, None)
+        apply_sampling_flags(cfg, sampler, steps, args.eta, None)
         g = torch.Generator(device).manual_seed(args.seed)
         start = time.perf_counter()
         with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
@@ -122,7 +126,7 @@ def sweep(args: argparse.Namespace) -> Path:
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
                      "mnist_fd": round(scores["mnist_fd"], 4),
                      "class_accuracy": round(scores["class_accuracy"], 4),
-                     "seconds": round(seconds, 2), "bf16": bf16})
+                     "seconds": round(seconds, 2), "bf16": bf16, "eta": args.eta})
         print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  class accuracy "
               f"{scores['class_accuracy']:.4f}  {seconds:7.1f} s", flush=True)
         write_sweep(rows, out)  # after every row: an interrupted study keeps what it measured

@@ -179,7 +179,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
                                  "--samplers", "ddim", "plms", "dpm-solver++"])
     assert status == 0
     rows = out.read_text().splitlines()
-    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16"
+    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta"
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -189,6 +189,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         fd, acc, sec = map(float, r.split(",")[3:6])
         assert fd > 0 and 0 <= acc <= 1 and sec > 0
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
+        assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(list((tmp_path / "images" / "cache").glob("real_mnist128_*.npz"))) == 1
 
@@ -200,3 +201,6 @@ def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                  "--steps", "0"])
     assert status == 1 and "--steps must be between 1 and 1000" in capsys.readouterr().err
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--eta", "-1"])
+    assert status == 1 and "--eta must be 0 or more" in capsys.readouterr().err
