@@ -43,12 +43,11 @@ class ModelConfig:
     in_channels: int = 1  # grayscale
     patch_size: int = 7  # 28 / 7 = 4 x 4 = 16 tokens: on a CPU, far more learning per minute than
     #                      p = 4 (49 tokens) or p = 2 (196) in our 6-minute trials (benchmarks/README.md)
-    # Width and depth: in the same 8 minutes a small, fast network that sees more images wins,
-    # down to a point. MNIST-FD on the 2-core Xeon, 1,000 DDIM-50 samples at guidance 1.5 and
-    # eta 1 (benchmarks/README.md, issue 14): width 192 depth 6 for 5 epochs (4.2M parameters,
-    # the previous default) 194.6 at its guidance 4, width 128 depth 4 for 11 epochs 30.7, width
-    # 96 depth 4 for 16 epochs 26.9 (seed 1: 28.4); width 64 for 22 epochs was worse (55.3 at eta 0
-    # and guidance 1.75, against 31.0 for width 96).
+    # Width and depth: in the same 9 minutes a small, fast network that sees more images wins,
+    # down to a point. MNIST-FD on the 2-core Xeon, 1,000 DDIM-50 samples at eta 0 and guidance
+    # 1.75, where every candidate was measured (benchmarks/README.md, issue 14): width 192 depth 6
+    # for 5 epochs (4.2M parameters, the previous default) 128.7, width 128 depth 4 for 11 epochs
+    # 37.9, width 96 depth 4 for 16 epochs 31.0 (seed 1: 37.6), width 64 depth 4 for 22 epochs 55.3.
     hidden_size: int = 96  # token width D
     depth: int = 4  # number of DiT blocks
     num_heads: int = 4  # head width D / heads = 24
@@ -103,8 +102,8 @@ class TrainConfig:
     # and average out their noise, so the raw weights end as good as the EMA (MNIST-FD 76.1,
     # against 127.6 for the raw weights of a constant rate; benchmarks/README.md).
     lr_decay: bool = True
-    # Passes over the 60,000 training images: 16 x 937 = 14,992 steps, 8 minutes on the 2-core
-    # Xeon, where the previous default (5 epochs of a 4.2M-parameter model) took 9.5.
+    # Passes over the 60,000 training images: 16 x 937 = 14,992 steps, 9 minutes on the 2-core
+    # Xeon, where the previous default (5 epochs of a 4.2M-parameter model) took 9.6.
     epochs: int = 16
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
     time_limit: float = 0.0  # if > 0, stop after this many minutes of training (over resumes)
