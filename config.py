@@ -43,11 +43,12 @@ class ModelConfig:
     in_channels: int = 1  # grayscale
     patch_size: int = 7  # 28 / 7 = 4 x 4 = 16 tokens: on a CPU, far more learning per minute than
     #                      p = 4 (49 tokens) or p = 2 (196) in our 6-minute trials (benchmarks/README.md)
-    # Width and depth: in the same 9 minutes a small, fast network that sees more images wins,
-    # down to a point. MNIST-FD on the 2-core Xeon, 1,000 DDIM-50 samples at eta 0 and guidance
-    # 1.75, where every candidate was measured (benchmarks/README.md, issue 14): width 192 depth 6
-    # for 5 epochs (4.2M parameters, the previous default) 128.7, width 128 depth 4 for 11 epochs
-    # 37.9, width 96 depth 4 for 16 epochs 31.0 (seed 1: 37.6), width 64 depth 4 for 22 epochs 55.3.
+    # Width and depth: within the previous default's 9.5 minutes, a small, fast network that sees
+    # more images wins, down to a point. MNIST-FD on the 2-core Xeon, 1,000 DDIM-50 samples at the
+    # default eta 1 and guidance 1.6, seeds 0 and 1: width 96 depth 4 for 16 epochs 30.7 and 31.9,
+    # width 128 depth 4 for 11 epochs 34.5 and 31.8. At eta 0 and guidance 1.75 (seed 0), width 192
+    # depth 6 for 5 epochs (4.2M parameters, the previous default) 128.7, width 64 depth 4 for 22
+    # epochs 55.3, width 96 31.0 (benchmarks/README.md, issue 14).
     hidden_size: int = 96  # token width D
     depth: int = 4  # number of DiT blocks
     num_heads: int = 4  # head width D / heads = 24

@@ -80,9 +80,10 @@ def main() -> None:
         scores = mnist_scores(images, labels.cpu(), data_dir=args.data_dir, device=device,
                               classifier=classifier)
         s = cfg.sample
+        eta = f" eta {s.eta:g}" if s.sampler == "ddim" else ""  # DDIM alone takes eta
         rows.append((epochs, state["step"], state["step"] * cfg.train.batch_size,
                      state["train_seconds"], scores["mnist_fd"], scores["class_accuracy"], sample_sec,
-                     f"{s.sampler}-{s.steps}, guidance {s.cfg_scale}"))
+                     f"{s.sampler}-{s.steps}{eta}, guidance {s.cfg_scale:g}"))
         print(f"{epochs} epochs: MNIST-FD {scores['mnist_fd']:.2f}, "
               f"class accuracy {scores['class_accuracy']:.3f}", flush=True)
 
