@@ -17,6 +17,10 @@ softmax(Q K^T / sqrt(d)) V with the N x N matrix materialised. It does the same 
 (the training step and the EMA update) and runs in the same command, right after the others, so
 the ratio is measured under the same conditions.
 
+`--profile K` also runs 10 steps of each row under torch.profiler and, after the table, lists the
+K operators that took the most time of their own (self time, per step and as a share of the
+step): where the time goes, for instance where bf16 loses it to fp32 on a CPU.
+
 `--compile` adds a row per preset and amp setting with the model wrapped in `torch.compile` (the
 compilation happens in the untimed warm-up). `--set section.field=value` changes the preset for
 every row, for instance `--set model.patch_size=2` to see how the levers fare with 196 tokens.
@@ -121,7 +125,7 @@ def apply_overrides(cfg, overrides: list[str]):
 
 
 def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: list[str],
-            device_name: str | None, seconds: float) -> dict:
+            device_name: str | None, seconds: float, profile_top: int = 0) -> dict:
     """Time one configuration; runs inside its own subprocess (see main)."""
     import copy
     import resource
@@ -185,13 +189,40 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    profile = profile_step(step, 3 + n, device, profile_top) if profile_top else []
     name = preset + ("*" if overrides else "") + (" (naive)" if naive else "") + \
         (" (compile)" if compile_model else "")
-    return {"preset": name, "device": str(device),
+    return {"profile": profile, "preset": name, "device": str(device),
             "amp": "bf16" if bf16 else "fp32", "batch": B, "images_per_sec": ips,
             "epoch_sec": 60_000 / ips, "peak_mb": peak_mb, "gflop_per_image": flops / 1e9,
             "achieved_gflops": flops * ips / 1e9,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def profile_step(step, first: int, device, top: int,
+                 steps: int = 10) -> list[tuple[str, float, float]]:
+    """Run `steps` training steps under torch.profiler; return the `top` operators by self time
+    as (name, milliseconds per step, share of all self time). Self time excludes the operators an
+    operator calls, so the shares add up to at most 1 and nothing is counted twice."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(first + i)
+        sync(device)
+    events = prof.key_averages()
+
+    def self_us(e):  # GPU time on CUDA (the CPU only launches kernels there), else CPU time
+        if cuda:
+            return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+        return e.self_cpu_time_total
+
+    total = sum(self_us(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return [(e.key, self_us(e) / steps / 1e3, self_us(e) / total) for e in ranked]
 
 
 def main() -> None:
@@ -204,13 +235,15 @@ def main() -> None:
                    help="override the presets in every row, e.g. model.patch_size=2")
     p.add_argument("--device", default=None)
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="after the table, each row's K operators with the most self time")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = p.parse_args()
 
     if args.row:
         preset, amp, naive, compile_model = args.row.split(",")
         print(json.dumps(run_row(preset, amp, naive == "1", compile_model == "1", args.set,
-                                 args.device, args.seconds)))
+                                 args.device, args.seconds, args.profile)))
         return
 
     import torch
@@ -235,9 +268,11 @@ def main() -> None:
               f"{'s/epoch':>7} | {'peak MB':>7} | {'GFLOP/img':>9} | {'GFLOP/s':>7} | {'% of peak':>9} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    profiles = []
     for preset, amp, naive, compile_model in rows:
         cmd = [sys.executable, __file__, "--row", f"{preset},{amp},{naive},{compile_model}",
-               "--seconds", str(args.seconds)] + (["--device", str(device)] if args.device else [])
+               "--seconds", str(args.seconds), "--profile", str(args.profile)]
+        cmd += ["--device", str(device)] if args.device else []
         cmd += ["--set", *args.set] if args.set else []
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
@@ -249,6 +284,13 @@ def main() -> None:
               f"{r['images_per_sec']:>8.0f} | {r['epoch_sec']:>7.0f} | {r['peak_mb']:>7.0f} | "
               f"{r['gflop_per_image']:>9.3f} | {r['achieved_gflops']:>7.1f} | "
               f"{100 * r['achieved_gflops'] / peak:>8.1f}% |")
+        profiles.append((f"{r['preset']}, {r['amp']}", r["profile"]))
+    for name, ops in profiles:
+        if ops:
+            print(f"\n{name}: the {len(ops)} operators with the most self time "
+                  f"(ms per step, share of the step)")
+            for op, ms, share in ops:
+                print(f"  {op:<40} {ms:>8.2f} ms {100 * share:>6.1f}%")
 
 
 if __name__ == "__main__":

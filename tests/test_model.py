@@ -98,6 +98,35 @@ def test_attention_matches_softmax_formula():
     assert torch.allclose(attn(x), expected, atol=1e-10)
 
 
+def test_attention_under_cpu_bf16_autocast_matches_fp32(monkeypatch):
+    """Under bf16 autocast on a CPU the attention core runs in fp32 (its bf16 backward is slow):
+    the block still returns bf16, and output and gradients agree with fp32 to bf16 precision."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    attn = randomize(DiTBlock(32, num_heads=4)).attn
+    x = torch.randn(2, 16, 32)
+    out32 = attn(x)
+    out32.square().sum().backward()
+    grad32 = attn.qkv.weight.grad.clone()
+    attn.zero_grad()
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v):  # the dtype the kernel computed in (autocast may cast the inputs)
+        out = sdpa(q, k, v)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = attn(x)
+    assert seen == [torch.float32] and out16.dtype == torch.bfloat16
+    out16.float().square().sum().backward()
+    scale = out32.abs().max()
+    assert (out16.float() - out32).abs().max() < 0.03 * scale
+    assert (attn.qkv.weight.grad - grad32).abs().max() < 0.05 * grad32.abs().max()
+
+
 def test_timestep_embedding_matches_formula():
     dim, half = 8, 4
     t = torch.tensor([0, 1, 17, 999])
