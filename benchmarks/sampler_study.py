@@ -7,9 +7,9 @@
 DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ run at each of
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
 the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
-`--eta`, 0 unless given, so that it is deterministic like the other two), times the sampling,
-and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the MNIST test
-set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
+`--eta`, 0 unless given, so that it is deterministic like PLMS and DPM-Solver++), times the
+sampling, and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the
+MNIST test set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
 count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
 a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
 checkpoint).

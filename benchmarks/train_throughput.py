@@ -192,11 +192,11 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
     profile = profile_step(step, 3 + n, device, profile_top) if profile_top else []
     name = preset + ("*" if overrides else "") + (" (naive)" if naive else "") + \
         (" (compile)" if compile_model else "")
-    return {"profile": profile, "preset": name, "device": str(device),
+    return {"preset": name, "device": str(device),
             "amp": "bf16" if bf16 else "fp32", "batch": B, "images_per_sec": ips,
             "epoch_sec": 60_000 / ips, "peak_mb": peak_mb, "gflop_per_image": flops / 1e9,
             "achieved_gflops": flops * ips / 1e9,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "profile": profile}
 
 
 def profile_step(step, first: int, device, top: int,
