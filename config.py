@@ -1,7 +1,8 @@
 """One typed configuration for the whole project: model, diffusion, training and sampling.
 
 Every field says why it has its value, in the manner of nanoGPT's `GPTConfig`. Scripts start
-from a named preset (`tiny`, `cpu`, `gpu`) and override single fields from the command line;
+from a named preset (`tiny`, `cpu`, `gpu`) and override single fields from the command line
+(`add_override_flags` and `Config.from_args`, at the end of this file);
 the checkpoint carries the whole config as plain Python types (`Config.to_dict`), so that
 inference rebuilds exactly the model that was trained (`Config.from_dict`) and no script
 retypes a hyperparameter.
@@ -13,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,13 +44,10 @@ class ModelConfig:
     image_size: int = 28  # MNIST digits are 28 x 28 pixels
     in_channels: int = 1  # grayscale
     patch_size: int = 7  # 28 / 7 = 4 x 4 = 16 tokens: on a CPU, far more learning per minute than
-    #                      p = 4 (49 tokens) or p = 2 (196) in our 6-minute trials (benchmarks/README.md)
-    # Width and depth: within the previous default's 9.5 minutes, a small, fast network that sees
-    # more images wins, down to a point. MNIST-FD on the 2-core Xeon, 1,000 DDIM-50 samples at the
-    # default eta 1 and guidance 1.6, seeds 0 and 1: width 96 depth 4 for 16 epochs 30.7 and 31.9,
-    # width 128 depth 4 for 11 epochs 34.5 and 31.8. At eta 0 and guidance 1.75 (seed 0), width 192
-    # depth 6 for 5 epochs (4.2M parameters, the previous default) 128.7, width 64 depth 4 for 22
-    # epochs 55.3, width 96 31.0 (benchmarks/README.md, issue 14).
+    #                      p = 4 (49 tokens) or p = 2 (196) (benchmarks/README.md, "How the
+    #                      previous default was chosen", and trial 13 of "Sample quality")
+    # Width and depth: at a fixed CPU budget a small, fast network that sees more images wins, down
+    # to a point (benchmarks/README.md, "Sample quality at the default's training time").
     hidden_size: int = 96  # token width D
     depth: int = 4  # number of DiT blocks
     num_heads: int = 4  # head width D / heads = 24
@@ -90,26 +89,25 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # on 2 CPU cores, 1.8x the updates of batch 128 in the same 9 minutes:
-    #                        MNIST-FD 66.5 against 102.1 (the 4.2M model; benchmarks/README.md)
+    batch_size: int = 64  # on 2 CPU cores, more updates per minute beat bigger batches
+    #                        (benchmarks/README.md, "Sample quality", trials 1 and 3)
     lr: float = 4e-3  # AdamW peak rate; small models tolerate far more than DiT's 1e-4
     weight_decay: float = 0.0  # DiT trains without weight decay
-    # Steps of linear learning-rate warm-up (0 = the full rate from the first step). For the
-    # previous default (4.2M parameters) 200 steps of warm-up cost more than they saved: class
-    # accuracy 0.959 against 0.986 without, full-length runs on the 2-core EPYC (commit dfb4f6f).
-    # Larger models may still want it (the gpu preset, 32M parameters, keeps 500).
+    # Steps of linear learning-rate warm-up (0 = the full rate from the first step): at this size
+    # the warm-up cost more than it saved (benchmarks/README.md, "Levers"). Larger models may still
+    # want it (the gpu preset keeps 500).
     warmup_steps: int = 0
-    # Cosine decay of the rate to 0 over the run (epochs or max_steps): the last steps are small
-    # and average out their noise, so the raw weights end as good as the EMA (MNIST-FD 76.1,
-    # against 127.6 for the raw weights of a constant rate; benchmarks/README.md).
+    # Cosine decay of the rate over the run (epochs or max_steps), towards 0 one step after the
+    # last: the last steps are small and average out their noise, so the raw weights end nearly as
+    # good as the EMA (benchmarks/README.md, "Sample quality", trial 7).
     lr_decay: bool = True
-    # Passes over the 60,000 training images: 16 x 937 = 14,992 steps, 9 minutes on the 2-core
-    # Xeon, where the previous default (5 epochs of a 4.2M-parameter model) took 9.6.
-    epochs: int = 16
+    epochs: int = 16  # passes over the 60,000 images, 16 x 937 = 14,992 steps: what fits the
+    #                   default's CPU budget (README, Results)
     max_steps: int = 0  # if > 0, the run's length in optimiser steps, replacing `epochs`
     time_limit: float = 0.0  # if > 0, stop after this many minutes of training (over resumes)
     grad_clip: float = 1.0  # clip the gradient norm: one bad batch cannot wreck the weights
-    ema_decay: float = 0.9999  # DiT's EMA decay, reached only after the warm-up below
+    ema_decay: float = 0.9999  # DiT's EMA decay: the cap of the warm-up below, which reaches it only
+    #                            at step ~90,000 (the default ends at step 14,992 with 0.9994)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)): a short run's EMA
     #                          follows the weights instead of staying near the random start
     min_snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023, gamma = 5 as
@@ -120,21 +118,36 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample grids; 0 = at the end of every epoch
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
 
+    def check(self) -> None:
+        """A UserError naming the flag of the first value that cannot train."""
+        for name in ["epochs", "batch_size", "log_every", "checkpoint_every"]:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ["max_steps", "sample_every", "warmup_steps", "time_limit"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+
+
+SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # the samplers of diffusion.py
+
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # DDIM reaches DDPM-like quality in ~50 steps instead of 1000
+    sampler: str = "ddim"  # one of SAMPLERS; DDIM reaches DDPM-like quality in ~50 steps instead of 1000
     steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T)
     # DDIM's noise (Song et al. 2021, Eq. 16): 0 = deterministic, 1 = fresh noise at each step as
-    # in DDPM. The fresh noise lets each step correct some of the earlier steps' errors: with eta 0
-    # the default's strokes were grainy and broken at the patch borders, with eta 1 they are
-    # smooth, and over two seeds MNIST-FD fell from 34.3 to 31.3 at about the same class accuracy
-    # (eta 0 at guidance 1.75 against eta 1 at 1.6; benchmarks/README.md)
+    # in DDPM. The fresh noise lets later steps correct some of the earlier steps' errors: with eta 0
+    # the default's strokes were grainy and broken at the patch borders, with eta 1 smooth
+    # (benchmarks/README.md, "Sample quality", the eta table)
     eta: float = 1.0
-    cfg_scale: float = 1.6  # classifier-free guidance; 1 = plain conditional model. Chosen by a
-    #                         sweep on the default model, two seeds: more guidance raises class
-    #                         accuracy and makes the digits alike, which MNIST-FD punishes; 1.5
-    #                         read 0.977 of seed 0's digits right, 1.6 0.987 (benchmarks/README.md)
+    cfg_scale: float = 1.6  # classifier-free guidance; 1 = plain conditional model. More guidance
+    #                         reads as the right digit more often but makes the digits alike, which
+    #                         MNIST-FD punishes: 1.6 is the least that kept class accuracy at 0.98
+    #                         (benchmarks/README.md, "Sample quality", the last table)
 
 
 @dataclass
@@ -163,6 +176,29 @@ class Config:
             else:
                 raise KeyError(f"unknown config section {key!r}")
         return cls(**kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, resumed: "Config | None" = None) -> "Config":
+        """The preset named by args.preset, or the config of a run being resumed, with the
+        override flags of `add_override_flags` that were given applied, then checked. A resumed
+        run may change only how long it goes on and how often it reports (RESUMABLE_FLAGS)."""
+        cfg = resumed if resumed is not None else get_preset(args.preset)
+        for name in [*TRAIN_FLAGS, *MODEL_FLAGS]:
+            if not hasattr(args, name):  # not given: keep the preset's value
+                continue
+            value = getattr(args, name)
+            section = cfg.model if name in MODEL_FLAGS else cfg.train
+            if resumed is not None and name not in RESUMABLE_FLAGS and value != getattr(section, name):
+                raise UserError(f"--{flag(name)} {value} differs from the run being resumed "
+                                f"({getattr(section, name)}): drop the flag, or start a new run "
+                                "with another --out-dir")
+            setattr(section, name, value)
+        cfg.model.__post_init__()  # re-check the model's sizes after the overrides
+        if not 0 <= cfg.model.class_dropout_prob < 1:  # 1 would never train the labels
+            raise UserError(f"--class-dropout-prob must be in [0, 1), got "
+                            f"{cfg.model.class_dropout_prob}")
+        cfg.train.check()
+        return cfg
 
 
 def _preset_tiny() -> Config:
@@ -199,3 +235,83 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+# ------------------------------------------------------------------------------ command line
+
+def flag(name: str) -> str:
+    """The command-line spelling of a config field: batch_size -> batch-size."""
+    return name.replace("_", "-")
+
+
+TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset's value
+    "epochs": "passes over the training set",
+    "max_steps": "stop after this many steps (0 = all epochs)",
+    "time_limit": "stop after this many minutes of training, counted over resumes (0 = no limit)",
+    "batch_size": "images per optimiser step (per process)",
+    "lr": "AdamW learning rate",
+    "warmup_steps": "steps of linear learning-rate warm-up (0 = none)",
+    "lr_decay": "after any warm-up, the rate falls along a half cosine towards 0 at the run's end "
+                "(a resumed run with a new length decays towards its new end)",
+    "min_snr_gamma": "min-SNR loss weighting; 0 = plain MSE",
+    "ema_decay": "0 = no averaging: sample from the raw weights",
+    "ema_warmup": "EMA decay min(decay, (1 + step) / (10 + step)); --no-ema-warmup uses the "
+                  "fixed decay from step 0",
+    "seed": "seed of the weights, batches and noise",
+    "log_every": "steps between rows of log.csv",
+    "sample_every": "steps between sample grids (0 = each epoch)",
+    "checkpoint_every": "steps between checkpoints",
+}
+MODEL_FLAGS = {  # field of ModelConfig -> help
+    "patch_size": "pixels per patch side (28 / p tokens per side)",
+    "hidden_size": "token width D",
+    "depth": "number of DiT blocks",
+    "num_heads": "attention heads (must divide the width)",
+    "mlp_ratio": "MLP width / token width",
+    "class_dropout_prob": "share of labels dropped, for classifier-free guidance",
+}
+# What a resumed run may change: how long it goes on and how often it reports.
+RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "sample_every",
+                   "checkpoint_every"}
+
+
+def add_override_flags(parser: argparse.ArgumentParser) -> None:
+    """--preset, and one flag per field of TRAIN_FLAGS and MODEL_FLAGS. A flag that is not given
+    does not appear in the parsed args at all (SUPPRESS), so `Config.from_args` keeps the preset's
+    value, and --help lists every preset's value instead of one default."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                        help="starting config (default: %(default)s)")
+    for title, section, flags in [("training", "train", TRAIN_FLAGS),
+                                  ("model", "model", MODEL_FLAGS)]:
+        group = parser.add_argument_group(f"{title} (override the preset; its values in brackets)")
+        for name, text in flags.items():
+            values = {p: getattr(getattr(get_preset(p), section), name) for p in sorted(PRESETS)}
+            kind = type(values["cpu"])
+            how = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+            shown = ", ".join(f"{p} {v}" for p, v in values.items())  # "cpu 16, gpu 30, tiny 1"
+            group.add_argument(f"--{flag(name)}", **how, default=argparse.SUPPRESS,
+                               help=f"{text} [{shown}]")
+
+
+def apply_sampling_flags(cfg: Config, sampler: str | None = None, steps: int | None = None,
+                         eta: float | None = None, cfg_scale: float | None = None,
+                         labels: list[int] | None = None) -> None:
+    """Override cfg.sample with the sampling flags that were given (None = keep the checkpoint's),
+    then check the result and the labels asked for."""
+    s, T = cfg.sample, cfg.diffusion.num_timesteps
+    s.sampler = sampler if sampler is not None else s.sampler
+    s.steps = steps if steps is not None else s.steps
+    s.eta = eta if eta is not None else s.eta
+    s.cfg_scale = cfg_scale if cfg_scale is not None else s.cfg_scale
+    if s.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {s.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if not 1 <= s.steps <= T:
+        raise UserError(f"--steps must be between 1 and {T} (the model's T), got {s.steps}")
+    if s.eta < 0:
+        raise UserError(f"--eta must be 0 or more, got {s.eta}")
+    if s.cfg_scale < 0:
+        raise UserError(f"--cfg-scale must be 0 or more (1 = no guidance), got {s.cfg_scale}")
+    for label in labels or []:
+        if not 0 <= label < cfg.model.num_classes:
+            raise UserError(f"label {label} is not a digit: labels must be 0 to "
+                            f"{cfg.model.num_classes - 1}")

@@ -113,6 +113,14 @@ class InMemoryBatches:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield to_model_range(self.images[idx]), self.labels[idx]
 
+    def stream(self, step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of optimiser steps step, step + 1, ... epoch after epoch, without end: a
+        run resumed at `step` sees exactly the batches that a run from step 0 sees from there."""
+        epoch, skip = divmod(step, len(self))
+        while True:
+            yield from self.epoch(epoch, skip)
+            epoch, skip = epoch + 1, 0
+
 
 LABELLED_NAME = re.compile(r"^(\d+)_(\d+)\.png$")  # what labelled_file_name writes: 00042_7.png
 

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from config import DiffusionConfig
+from config import SAMPLERS, DiffusionConfig, SampleConfig
 
 
 class GaussianDiffusion:
@@ -131,8 +131,9 @@ class GaussianDiffusion:
         return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
 
     def ddpm_step(self, x_t: torch.Tensor, t: int, eps: torch.Tensor, generator=None,
-                  clip_denoised: bool = True) -> torch.Tensor:
-        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2, line 4, with sigma_t^2 = beta-tilde_t).
+                  clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2, line 4, with sigma_t^2 = beta-tilde_t);
+        returns (x_{t-1}, x0_pred), the clean image the step aimed at.
 
         Written through the predicted x_0 and the posterior mean (Eq. 7); without clipping this is
         exactly 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) of Algorithm 2.
@@ -145,9 +146,9 @@ class GaussianDiffusion:
         mean = (self._gather(self.posterior_mean_coef1, tt, x_t) * x0
                 + self._gather(self.posterior_mean_coef2, tt, x_t) * x_t)
         if t == 0:
-            return mean  # Algorithm 2: z = 0 at the last step (and beta-tilde_0 = 0 anyway)
+            return mean, x0  # Algorithm 2: z = 0 at the last step (and beta-tilde_0 = 0 anyway)
         z = self._noise(x_t.shape, generator, x_t.device)
-        return mean + self.posterior_variance[t].item() ** 0.5 * z
+        return mean + self.posterior_variance[t].item() ** 0.5 * z, x0
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """`steps` timesteps evenly spaced from T-1 down to 0, both ends included (for one step,
@@ -191,9 +192,9 @@ class GaussianDiffusion:
         a_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
         return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
 
-    def ddim_step(self, x_t: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, eta: float = 0.0,
-                  generator=None, clip_denoised: bool = True) -> torch.Tensor:
-        """One DDIM update x_t -> x_{t_prev} (DDIM Eq. 12):
+    def ddim_step(self, x_t: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, eta: float,
+                  generator=None, clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM update x_t -> x_{t_prev} (DDIM Eq. 12); returns (x_{t_prev}, x0_pred):
 
             x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma z
 
@@ -213,21 +214,22 @@ class GaussianDiffusion:
         x_prev = sqrt_a_prev * x0 + max(sqrt_1m_a_prev**2 - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             x_prev = x_prev + sigma * self._noise(x_t.shape, generator, x_t.device)
-        return x_prev
+        return x_prev, x0
 
     # ---------------------------------------------------------------- the four samplers
-    # Each sampler is a loop that yields x after every step; `sample` drives it. eps_fn(x, t) is the
-    # (guided) model; `pairs` are (t, t_prev) with t_prev = -1 for the last step, to x_0.
+    # Each sampler is a loop that yields (x, x0) after every step: the new state and the clean
+    # image x0_pred that the step computed on its way there; `sample` drives it. eps_fn(x, t) is
+    # the (guided) model; `pairs` are (t, t_prev) with t_prev = -1 for the last step, to x_0.
 
     def _ddpm_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
         for t, _ in pairs:
-            x = self.ddpm_step(x, t, eps_fn(x, t), generator, clip_denoised)
-            yield x
+            x, x0 = self.ddpm_step(x, t, eps_fn(x, t), generator, clip_denoised)
+            yield x, x0
 
     def _ddim_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
         for t, t_prev in pairs:
-            x = self.ddim_step(x, t, t_prev, eps_fn(x, t), eta, generator, clip_denoised)
-            yield x
+            x, x0 = self.ddim_step(x, t, t_prev, eps_fn(x, t), eta, generator, clip_denoised)
+            yield x, x0
 
     def _plms_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
         """Pseudo linear multistep (PNDM, Liu et al. 2022), in the form of the latent-diffusion
@@ -240,13 +242,14 @@ class GaussianDiffusion:
 
         The first step has no history and takes a pseudo improved-Euler (Heun) step instead:
         e' = (e_t + e(x_next, t_prev)) / 2, one extra model call. Deterministic (eta is unused).
+        The x0 it yields is the one the combined e' gives.
         """
         old_eps: list[torch.Tensor] = []  # most recent first
         for t, t_prev in pairs:
             eps = eps_fn(x, t)
             if not old_eps:
                 if t_prev >= 0:
-                    x_next = self.ddim_step(x, t, t_prev, eps, clip_denoised=clip_denoised)
+                    x_next, _ = self.ddim_step(x, t, t_prev, eps, 0.0, clip_denoised=clip_denoised)
                     eps_prime = (eps + eps_fn(x_next, t_prev)) / 2
                 else:  # a single-step run: nothing to average with
                     eps_prime = eps
@@ -256,9 +259,9 @@ class GaussianDiffusion:
                 eps_prime = (23 * eps - 16 * old_eps[0] + 5 * old_eps[1]) / 12
             else:
                 eps_prime = (55 * eps - 59 * old_eps[0] + 37 * old_eps[1] - 9 * old_eps[2]) / 24
-            x = self.ddim_step(x, t, t_prev, eps_prime, clip_denoised=clip_denoised)
+            x, x0 = self.ddim_step(x, t, t_prev, eps_prime, 0.0, clip_denoised=clip_denoised)
             old_eps = [eps] + old_eps[:2]
-            yield x
+            yield x, x0
 
     def _log_alpha_over_sigma(self, t: int) -> float:
         """lambda_t = log(alpha_t / sigma_t), with alpha_t = sqrt(alpha-bar_t) and
@@ -288,8 +291,7 @@ class GaussianDiffusion:
             if clip_denoised:
                 x0 = x0.clamp(-1, 1)
             if t_prev < 0:
-                x = x0
-                yield x
+                yield x0, x0
                 continue
             h = self._log_alpha_over_sigma(t_prev) - self._log_alpha_over_sigma(t)
             if prev_x0 is None:
@@ -301,18 +303,23 @@ class GaussianDiffusion:
             alpha_s = self.sqrt_alphas_cumprod[t_prev].item()
             x = sigma_ratio * x - alpha_s * math.expm1(-h) * D
             prev_x0, prev_h = x0, h
-            yield x
+            yield x, x0
 
     @torch.no_grad()
-    def sample(self, model, shape, y, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               cfg_scale: float = 1.0, generator=None, clip_denoised: bool = True,
-               return_intermediates: bool = False, progress: bool = False):
+    def sample(self, model, shape, y, sampler: str = SampleConfig.sampler,
+               steps: int = SampleConfig.steps, eta: float = SampleConfig.eta,
+               cfg_scale: float = SampleConfig.cfg_scale, generator=None,
+               clip_denoised: bool = True, return_intermediates: bool = False,
+               progress: bool = False):
         """Draw len(y) images of `shape` with the named sampler (see SAMPLERS), guided by cfg_scale.
 
-        DDPM always takes all T steps; the others take `steps` (see sampler_timesteps). Returns x_0
-        (float32), or (x_0, trajectory) where the trajectory (n_steps + 1, B, C, H, W) runs from
-        the starting noise x_T to x_0, kept on the CPU. Noise comes from `generator` (which must
-        live on y's device), so a seeded generator makes the samples reproducible.
+        The defaults are the config's (SampleConfig), so a direct call draws what the scripts
+        draw. DDPM always takes all T steps; the others take `steps` (see sampler_timesteps).
+        Returns x_0 (float32), or with return_intermediates (x_0, states, x0_preds), kept on the
+        CPU: states (S + 1, B, C, H, W) run from the starting noise x_T to x_0, and x0_preds
+        (S, B, C, H, W) holds the clean image that step k predicted from states[k]. Noise comes
+        from `generator` (which must live on y's device), so a seeded generator makes the samples
+        reproducible.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -324,15 +331,15 @@ class GaussianDiffusion:
         def eps_fn(x, t):
             return self._eps(model, x, t, y, cfg_scale)
 
-        x_T = self._noise(shape, generator, y.device)  # x_T ~ N(0, I) (Algorithm 2, line 1)
-        trajectory = [x_T.float().cpu()] if return_intermediates else None
-        x = x_T
-        for x in tqdm(loop(eps_fn, x_T, pairs, generator, clip_denoised, eta), total=len(pairs),
-                      desc=sampler, disable=not progress, leave=False):
-            if trajectory is not None:
-                trajectory.append(x.float().cpu())
+        x = self._noise(shape, generator, y.device)  # x_T ~ N(0, I) (Algorithm 2, line 1)
+        states, x0_preds = [x.float().cpu()] if return_intermediates else [], []
+        for x, x0 in tqdm(loop(eps_fn, x, pairs, generator, clip_denoised, eta), total=len(pairs),
+                          desc=sampler, disable=not progress, leave=False):
+            if return_intermediates:
+                states.append(x.float().cpu())
+                x0_preds.append(x0.float().cpu())
         x = x.float()
-        return (x, torch.stack(trajectory)) if return_intermediates else x
+        return (x, torch.stack(states), torch.stack(x0_preds)) if return_intermediates else x
 
     def sampler_timesteps(self, sampler: str, steps: int) -> list[int]:
         """The timesteps a sampler visits, in order: all T for DDPM, evenly spaced in t for DDIM
@@ -344,5 +351,3 @@ class GaussianDiffusion:
             return self.logsnr_timesteps(steps)
         return self.ddim_timesteps(steps)
 
-
-SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # names accepted by GaussianDiffusion.sample

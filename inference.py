@@ -10,13 +10,12 @@
 
 The model is rebuilt from the config stored in the checkpoint (checkpoint.py), with the EMA
 weights (they give cleaner samples than the raw weights; DiT section 4). Sampling itself is in
-diffusion.py; this file batches, draws and saves.
+diffusion.py and the pictures in pictures.py; this file reads the flags and writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import sys
@@ -26,207 +25,17 @@ import torch
 from tqdm.auto import tqdm
 
 from checkpoint import AMP_CHOICES, load_model, out_of_memory_as_error, use_bf16
-from config import Config, UserError, pick_device
+from config import SAMPLERS, Config, UserError, apply_sampling_flags, pick_device
 from dataset import LABELLED_NAME, labelled_file_name, to_uint8
-from diffusion import SAMPLERS, GaussianDiffusion
+from diffusion import GaussianDiffusion
 from dit import DiT
+from pictures import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
+                      save_grid, save_guidance_strip, save_trajectory, trajectory_panels)
 
 DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes with no flags
 
 
-# ------------------------------------------------------------------------------ sampling
-
-def check_sampling_args(cfg: Config, sampler: str, steps: int, eta: float, cfg_scale: float,
-                        labels: list[int] | None = None) -> None:
-    T = cfg.diffusion.num_timesteps
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if not 1 <= steps <= T:
-        raise UserError(f"--steps must be between 1 and {T} (the model's T), got {steps}")
-    if eta < 0:
-        raise UserError(f"--eta must be 0 or more, got {eta}")
-    if cfg_scale < 0:
-        raise UserError(f"--cfg-scale must be 0 or more (1 = no guidance), got {cfg_scale}")
-    for label in labels or []:
-        if not 0 <= label < cfg.model.num_classes:
-            raise UserError(f"label {label} is not a digit: labels must be 0 to "
-                            f"{cfg.model.num_classes - 1}")
-
-
-def apply_sampling_flags(cfg: Config, sampler: str | None = None, steps: int | None = None,
-                         eta: float | None = None, cfg_scale: float | None = None) -> None:
-    """Override the checkpoint's sampler settings with the flags that were given (None = keep)."""
-    s = cfg.sample
-    s.sampler = sampler if sampler is not None else s.sampler
-    s.steps = steps if steps is not None else s.steps
-    s.eta = eta if eta is not None else s.eta
-    s.cfg_scale = cfg_scale if cfg_scale is not None else s.cfg_scale
-
-
-def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
-    """0, 0, ..., 1, 1, ..., 9: per_class labels of each class, class-major (grid row k = digit k)."""
-    return torch.arange(num_classes, device=device).repeat_interleave(per_class)
-
-
-def generate(model: DiT, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Config,
-             generator: torch.Generator | None = None, bf16: bool = False,
-             return_intermediates: bool = False, progress: bool = False):
-    """Sample one image per label with the sampler settings in cfg.sample; values in [-1, 1]."""
-    m, s = cfg.model, cfg.sample
-    shape = (len(labels), m.in_channels, m.image_size, m.image_size)
-    device = labels.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return diffusion.sample(model, shape, labels, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                cfg_scale=s.cfg_scale, generator=generator,
-                                return_intermediates=return_intermediates, progress=progress)
-
-
-def sample_class_grid(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
-                      device, generator=None, bf16: bool = False,
-                      digits: list[int] | None = None) -> torch.Tensor:
-    """per_class samples of each digit, digit-major: with nrow=per_class, row k shows digit k."""
-    digits = list(range(cfg.model.num_classes)) if digits is None else digits
-    labels = torch.tensor(digits, device=device).repeat_interleave(per_class)  # row k = digits[k]
-    return generate(model, diffusion, labels, cfg, generator, bf16)
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
-    """Save images in [-1, 1] as one PNG grid, nrow images per row."""
-    from torchvision.utils import save_image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
-
-
-TRAJECTORY_COLUMNS = 10  # states shown per digit: enough to see the digit appear, small enough to read
-
-
-def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[int]:
-    """`columns` evenly spaced indices into a trajectory of num_states states, first and last kept."""
-    last = num_states - 1
-    return sorted({round(i * last / (columns - 1)) for i in range(columns)})
-
-
-def trajectory_panels(model: DiT, diffusion: GaussianDiffusion, cfg: Config, labels: torch.Tensor,
-                      generator=None, bf16: bool = False):
-    """Sample one image per label, keeping every state, and pick the states to show.
-
-    Returns (states, x0_hat, titles): states and x0_hat (columns, B, C, H, W) on the CPU, where
-    state k sits at noise level timesteps[k] of the sampler (state 0 is the noise x_T) and the
-    last column is the finished sample x_0, shown as its own prediction."""
-    s = cfg.sample
-    _, trajectory = generate(model, diffusion, labels, cfg, generator, bf16,
-                             return_intermediates=True)  # (S + 1, B, C, H, W)
-    timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # (S,): the level of state k
-    cols = shown_columns(len(trajectory))  # the last is S, the sample x_0
-    x0_hat = predict_clean(model, diffusion, trajectory[cols[:-1]],
-                           [timesteps[c] for c in cols[:-1]], labels, s.cfg_scale, bf16)
-    titles = ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
-    return trajectory[cols], torch.cat([x0_hat, trajectory[-1:]]), titles
-
-
-@torch.no_grad()
-def predict_clean(model: DiT, diffusion: GaussianDiffusion, states: torch.Tensor,
-                  timesteps: list[int], labels: torch.Tensor, cfg_scale: float,
-                  bf16: bool = False) -> torch.Tensor:
-    """What the network believes the finished digit is, at each state x_t of a trajectory:
-
-        x0_hat = (x_t - sqrt(1 - alpha-bar_t) eps_theta(x_t, t, y)) / sqrt(alpha-bar_t)
-
-    (DDPM Eq. 4 solved for x_0, with the guided noise prediction the sampler used at that step).
-    states: (S, B, C, H, W) at noise levels timesteps (S,); returns (S, B, C, H, W) on the CPU."""
-    device = labels.device
-    out = []
-    for x_t, t in zip(states, timesteps):
-        x_t = x_t.to(device, torch.float64)  # the samplers' precision
-        t_batch = torch.full((len(labels),), t, device=device, dtype=torch.long)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            eps = model.forward_with_cfg(x_t, t_batch, labels, cfg_scale).to(x_t.dtype)
-        out.append(diffusion.predict_x0_from_eps(x_t, t_batch, eps).float().cpu())
-    return torch.stack(out)
-
-
-def save_trajectory(states: torch.Tensor, x0_hat: torch.Tensor, titles: list[str],
-                    labels: list[int], path: str | Path) -> None:
-    """Two rows per digit: the states x_t from noise (left) to digit (right), and under them
-    x0_hat, the network's prediction of the clean digit at that step (trajectory_panels)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cell = 0.95  # inches per image
-    fig, axes = plt.subplots(2 * len(labels), len(titles), squeeze=False,
-                             figsize=(cell * len(titles), cell * 2 * len(labels)))
-    for r, label in enumerate(labels):
-        for c, title in enumerate(titles):
-            for row, image in [(2 * r, states[c, r, 0]), (2 * r + 1, x0_hat[c, r, 0])]:
-                ax = axes[row][c]
-                ax.imshow(image.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            if r == 0:
-                axes[0][c].set_title(title, fontsize=8)
-        axes[2 * r][0].set_ylabel(f"{label}: x_t", rotation=0, labelpad=18, fontsize=8)
-        axes[2 * r + 1][0].set_ylabel("x0-hat", rotation=0, labelpad=18, fontsize=8)
-    fig.suptitle("denoising: x_t from pure noise to digit, and under it the predicted x_0",
-                 fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # 0.3 inch for the title
-    save_figure(fig, path)
-
-
-GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0 = unconditional, 1 = plain conditional model
-
-
-def guidance_strip(model: DiT, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
-                   scales=GUIDANCE_SCALES, seed: int = 0, bf16: bool = False) -> torch.Tensor:
-    """Each digit sampled at each guidance scale from the same starting noise (the generator is
-    seeded afresh for every scale), so that only the guidance differs between the columns.
-    Returns (len(digits), len(scales), C, H, W) on the CPU, values in [-1, 1]."""
-    device = next(model.parameters()).device
-    labels = torch.tensor(digits, device=device)
-    columns = []
-    for scale in scales:
-        scaled = copy.deepcopy(cfg)
-        scaled.sample.cfg_scale = scale
-        g = torch.Generator(device).manual_seed(seed)
-        columns.append(generate(model, diffusion, labels, scaled, g, bf16).cpu())
-    return torch.stack(columns, dim=1)
-
-
-def save_guidance_strip(images: torch.Tensor, digits: list[int], scales, path: str | Path) -> None:
-    """One row per digit, one column per guidance scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = {0.0: "unconditional", 1.0: "conditional"}
-    fig, axes = plt.subplots(len(digits), len(scales), squeeze=False,
-                             figsize=(1.1 * len(scales), 1.1 * len(digits) + 0.4))
-    for r, digit in enumerate(digits):
-        for c, scale in enumerate(scales):
-            ax = axes[r][c]
-            ax.imshow(images[r, c, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"s = {scale:g}" + (f"\n{names[scale]}" if scale in names else ""),
-                             fontsize=8)
-            if c == 0:
-                ax.set_ylabel(str(digit), rotation=0, labelpad=10)
-    fig.suptitle("guidance scale s: same noise, same label", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
+# ------------------------------------------------------------------------------ files for scoring
 
 def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
                        out_dir: str | Path, device, batch_size: int = 500, seed: int = 0,
@@ -299,9 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
-    apply_sampling_flags(cfg, args.sampler, args.steps, args.eta, args.cfg_scale)
+    apply_sampling_flags(cfg, args.sampler, args.steps, args.eta, args.cfg_scale, args.labels)
     s = cfg.sample
-    check_sampling_args(cfg, s.sampler, s.steps, s.eta, s.cfg_scale, args.labels)
     if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
         raise UserError("--per-row and --batch-size must be positive, --num-per-class 0 or more")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -323,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"wrote {len(paths)} images to {args.out_dir}")
             return
         g = torch.Generator(device).manual_seed(args.seed)
-        grid = sample_class_grid(model, diffusion, cfg, args.per_row, device, g, bf16, digits)
+        grid = sample_grid(model, diffusion, cfg, digits, args.per_row, g, bf16)
         out = Path(args.output) if args.output else ckpt_dir / "grid.png"
         save_grid(grid, out, nrow=args.per_row)
         print(f"grid ({len(digits)} rows x {args.per_row}): {out}")

@@ -35,7 +35,7 @@ def main() -> None:
     from checkpoint import load_model
     from config import pick_device
     from diffusion import GaussianDiffusion
-    from inference import class_labels
+    from pictures import class_labels
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)

@@ -22,6 +22,7 @@ coefficients, turns into visible differences: use `--amp off` to compare sampler
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 import time
@@ -77,10 +78,10 @@ def sweep(args: argparse.Namespace) -> Path:
 
     import fid_computer
     from checkpoint import load_model, out_of_memory_as_error, use_bf16
-    from config import UserError, pick_device
+    from config import UserError, apply_sampling_flags, pick_device
     from diffusion import GaussianDiffusion
-    from inference import apply_sampling_flags, check_sampling_args, class_labels, generate
     from mnist_classifier import MnistClassifier, load_classifier
+    from pictures import class_labels, generate
 
     device = pick_device(args.device)
     checkpoint = Path(args.checkpoint)
@@ -97,7 +98,7 @@ def sweep(args: argparse.Namespace) -> Path:
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
             for steps in ([T] if sampler == "ddpm" else args.steps)]
     for sampler, steps in runs:  # every bad step count fails now, not after an hour
-        check_sampling_args(cfg, sampler, steps, args.eta, cfg.sample.cfg_scale)
+        apply_sampling_flags(copy.deepcopy(cfg), sampler, steps, args.eta)  # checks them
     out = Path(args.out) if args.out else checkpoint.parent / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(args.data_dir, device)

@@ -50,7 +50,7 @@ def main() -> None:
     from checkpoint import load_model, use_bf16
     from diffusion import GaussianDiffusion
     from fid_computer import mnist_scores
-    from inference import class_labels, generate
+    from pictures import class_labels, generate
     from mnist_classifier import load_classifier
 
     device = pick_device(args.device)

@@ -100,9 +100,9 @@ def test_ddim_eta1_all_steps_follows_ddpm_trajectory(diffusion):
     model = RandomEps()
     y = torch.zeros(3, dtype=torch.long)
     shape = (3, 1, 6, 6)
-    _, ddpm = diffusion.sample(model, shape, y, sampler="ddpm", return_intermediates=True,
+    _, ddpm, _ = diffusion.sample(model, shape, y, sampler="ddpm", return_intermediates=True,
                                generator=torch.Generator().manual_seed(7))
-    _, ddim = diffusion.sample(model, shape, y, sampler="ddim", steps=1000, eta=1.0,
+    _, ddim, _ = diffusion.sample(model, shape, y, sampler="ddim", steps=1000, eta=1.0,
                                return_intermediates=True, generator=torch.Generator().manual_seed(7))
     assert ddpm.shape == ddim.shape == (1001, *shape)
     assert (ddpm - ddim).abs().max() < 1e-3

@@ -37,7 +37,7 @@ def test_oracle_x0_is_returned_exactly(diffusion, sampler, steps):
     g = torch.Generator().manual_seed(steps)
     x0 = torch.rand(3, 1, 28, 28, generator=g) * 2 - 1
     out = diffusion.sample(X0Oracle(diffusion, x0), x0.shape, torch.zeros(3, dtype=torch.long),
-                           sampler=sampler, steps=steps, generator=g)
+                           sampler=sampler, steps=steps, eta=0.0, generator=g)
     assert (out - x0).abs().max() < 1e-4
 
 
@@ -74,7 +74,8 @@ def gaussian_run(diffusion, sampler, steps):
                       dtype=torch.float64)
     out = diffusion.sample(GaussianOracle(diffusion, MU, S), x_T.shape,
                            torch.zeros(N_SAMPLES, dtype=torch.long), sampler=sampler, steps=steps,
-                           generator=torch.Generator().manual_seed(0), clip_denoised=False)
+                           eta=0.0, generator=torch.Generator().manual_seed(0),
+                           clip_denoised=False)
     a_T = diffusion.alphas_cumprod.double()[-1]
     exact = MU + S * (x_T - a_T.sqrt() * MU) / (a_T * S**2 + 1 - a_T).sqrt()
     return out.double(), exact
@@ -117,11 +118,13 @@ def test_reproducible_under_seed(diffusion, sampler):
 def test_intermediates(diffusion, sampler):
     model = GaussianOracle(diffusion, 0.0, 0.5)
     y = torch.zeros(2, dtype=torch.long)
-    x, traj = diffusion.sample(model, (2, 1, 3, 3), y, sampler=sampler, steps=6,
-                               return_intermediates=True, generator=torch.Generator().manual_seed(0))
+    x, states, x0_preds = diffusion.sample(model, (2, 1, 3, 3), y, sampler=sampler, steps=6,
+                                           return_intermediates=True,
+                                           generator=torch.Generator().manual_seed(0))
     n = 1000 if sampler == "ddpm" else 6
-    assert traj.shape == (n + 1, 2, 1, 3, 3)
-    assert torch.equal(traj[-1], x)
+    assert states.shape == (n + 1, 2, 1, 3, 3) and x0_preds.shape == (n, 2, 1, 3, 3)
+    assert torch.equal(states[-1], x)
+    assert torch.equal(x0_preds[-1], x)  # the last step lands on its own prediction
 
 
 def test_unknown_sampler(diffusion):

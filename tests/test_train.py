@@ -13,6 +13,7 @@ import torch
 import train
 from helpers import write_tiny_mnist
 from checkpoint import read_checkpoint
+from config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,20 +245,20 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
 
 def test_ema_flags_reach_the_config():
     parser = train.build_parser()
-    assert train.config_from_args(parser.parse_args([])).train.ema_warmup is True
-    cfg = train.config_from_args(parser.parse_args(["--no-ema-warmup", "--ema-decay", "0"]))
+    assert Config.from_args(parser.parse_args([])).train.ema_warmup is True
+    cfg = Config.from_args(parser.parse_args(["--no-ema-warmup", "--ema-decay", "0"]))
     assert cfg.train.ema_warmup is False and cfg.train.ema_decay == 0
     assert train.ema_decay_at(0, cfg) == 0  # decay 0: the EMA is a copy of the weights
-    cfg = train.config_from_args(parser.parse_args(["--no-ema-warmup"]))
+    cfg = Config.from_args(parser.parse_args(["--no-ema-warmup"]))
     assert train.ema_decay_at(0, cfg) == cfg.train.ema_decay == 0.9999
 
 
 def test_learning_rate_warm_up_is_linear_then_constant():
     parser = train.build_parser()
-    cfg = train.config_from_args(parser.parse_args(["--no-lr-decay"]))  # no warm-up, no decay
+    cfg = Config.from_args(parser.parse_args(["--no-lr-decay"]))  # no warm-up, no decay
     assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg, 10) == cfg.train.lr
     assert train.lr_at(9, cfg, 10) == cfg.train.lr
-    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3",
+    cfg = Config.from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3",
                                                     "--no-lr-decay"]))
     assert [train.lr_at(s, cfg, 10) for s in range(6)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
@@ -265,7 +266,7 @@ def test_learning_rate_warm_up_is_linear_then_constant():
 
 def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
     parser = train.build_parser()
-    cfg = train.config_from_args(parser.parse_args(["--warmup-steps", "2", "--lr", "1e-3",
+    cfg = Config.from_args(parser.parse_args(["--warmup-steps", "2", "--lr", "1e-3",
                                                     "--lr-decay"]))
     # Steps 0 and 1 warm up; then 6 steps fall from the full rate (step 2) towards 0 (step 8).
     lrs = [train.lr_at(s, cfg, 8) for s in range(8)]
@@ -276,7 +277,7 @@ def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
 
 
 def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
-    assert train.ema_decay_at(0, train.config_from_args(train.build_parser().parse_args([]))) == 0.1
+    assert train.ema_decay_at(0, Config.from_args(train.build_parser().parse_args([]))) == 0.1
     emas = []
     for name, flags in [("warm", []), ("cold", ["--no-ema-warmup"])]:
         assert run_train(tiny_data, tmp_path / name, "--max-steps", "2", *flags) == 0

@@ -1,0 +1,117 @@
+"""The process plumbing of training: torchrun set-up, ranks that agree to stop, RNG states, signals.
+
+`python train.py` is one process. `torchrun --nproc_per_node=N train.py` starts N, one per GPU
+(or per share of the CPU cores), and DistributedDataParallel averages their gradients. A few
+things must then hold that a single process gets for free, and they live here so that `train.py`
+reads as the training algorithm:
+
+  * every rank stops after the same step (`agree`), or the next gradient all-reduce waits forever;
+  * a checkpoint holds every rank's RNG state (`gather_rng`), so a resumed run continues each
+    rank's stream of noise and timesteps;
+  * the ranks' weights are identical at the end (`check_ranks_in_sync`);
+  * Ctrl-C (SIGINT) and SIGTERM ask for a clean stop instead of killing mid-step (`StopRequests`).
+
+With one process every function here is a no-op or a plain read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from checkpoint import rng_state
+from config import pick_device
+
+
+@dataclass
+class Processes:
+    """Where this process trains and who it is among the processes of the run."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """The first process alone prints, logs, saves and draws."""
+        return self.rank == 0
+
+
+def setup_processes(device_flag: str | None) -> Processes:
+    """One process (plain `python train.py`), or one of several started by torchrun, which sets
+    RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment."""
+    device = pick_device(device_flag)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes(device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Processes(device, rank, world_size)
+
+
+def teardown_processes() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree(procs: Processes, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
+    """Each rank's reasons to stop (a signal or the time limit; a NaN loss), shared: every rank
+    acts on any rank's reason, so all of them leave the loop after the same step."""
+    if procs.world_size == 1:
+        return stop, nonfinite
+    flags = torch.tensor([float(stop), float(nonfinite)], device=procs.device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def gather_rng(procs: Processes) -> list[dict]:
+    """Every rank's RNG state, rank by rank (to be called on every rank: it is a collective)."""
+    state = rng_state(procs.device)
+    if procs.world_size == 1:
+        return [state]
+    states = [None] * procs.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def check_ranks_in_sync(model: torch.nn.Module, procs: Processes) -> None:
+    """DDP keeps every rank's weights identical; check that exactly at the end of training."""
+    if procs.world_size == 1:
+        return
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(procs.world_size)]
+    dist.all_gather(gathered, flat)
+    if procs.is_main:
+        same = all(torch.equal(g, gathered[0]) for g in gathered)
+        print(f"weights identical on all {procs.world_size} ranks: {same}")
+        if not same:
+            raise RuntimeError("DDP ranks diverged: their weights differ")
+
+
+class StopRequests:
+    """While installed, Ctrl-C (SIGINT) and SIGTERM only note the signal: the training loop
+    finishes its step, saves and exits. A signal during the final samples changes nothing."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+
+    def __enter__(self) -> "StopRequests":
+        self.old = {s: signal.signal(s, self.note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    def note(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def exit_status(self) -> int:
+        """What a process stopped by a signal returns: 128 + its number (130 for Ctrl-C)."""
+        return 128 + (self.signals[0] if self.signals else signal.SIGINT)
