@@ -22,10 +22,8 @@ from typing import Callable
 
 import torch
 
-from config import Config, UserError
+from config import AMP_CHOICES, Config, UserError
 from dit import DiT
-
-AMP_CHOICES = ("auto", "bf16", "off")
 
 
 # ------------------------------------------------------------------------------ atomic files
@@ -35,8 +33,8 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
     folder listing that skips hidden files never sees half a file. With fsync the data reaches
     the disk before the rename, so a power cut cannot leave an empty file under the final name;
-    fsync=False skips that wait for many small files that can be made again (10,000 PNGs: 42 s
-    with it on the 2-core Xeon)."""
+    fsync=False skips that wait for many small files that can be made again (benchmarks/README.md,
+    "Sampling speed", the paragraph after the table)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
@@ -127,12 +125,10 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def use_bf16(amp: str, device: torch.device) -> bool:
     """The project's one bf16 policy, for training and sampling alike: whether the network runs
     under bf16 autocast. "bf16" and "off" (fp32) force it; "auto" is on for CUDA, where bf16
-    tensor cores run many times faster than fp32, and off on every CPU. Measured on the 2-core
-    Intel Xeon with AVX512-BF16 but no AMX (benchmarks/README.md): its bf16 matmuls ran at half
-    the fp32 rate, bf16 training of the default at 0.72x fp32's images/s (with the attention core
-    kept in fp32, dit_block.Attention) and DDIM sampling of the previous default at 0.66x; whether
-    a CPU gains is a matter of measuring it (`--amp bf16` and the benchmark scripts). The
-    samplers' own arithmetic stays in float64 either way."""
+    tensor cores run many times faster than fp32, and off on every CPU: a CPU without bf16 matrix
+    units (AMX) trains and samples slower in bf16 than in fp32 (benchmarks/README.md, "Where bf16
+    loses its time on a CPU"); whether another CPU gains is a matter of measuring it (`--amp
+    bf16` and the benchmark scripts). The samplers' own arithmetic stays in float64 either way."""
     if amp not in AMP_CHOICES:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":

@@ -275,6 +275,30 @@ RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "sample_eve
                    "checkpoint_every"}
 
 
+AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced on, or fp32 (checkpoint.use_bf16)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """train.py's command line: where the run goes and how it runs, then the preset and its
+    overrides (add_override_flags)."""
+    p = argparse.ArgumentParser(description="Train a class-conditional DiT on MNIST.")
+    p.add_argument("--out-dir", default="runs/default",
+                   help="where model.pth, samples/, loss.png and log.csv go (default: %(default)s)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/ (default: $DIT_DATA_DIR or ./data)")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/model.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if <out-dir>/model.pth exists")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow start, faster steps)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="bf16 autocast; auto = on for CUDA, off for the CPU (see "
+                        "checkpoint.use_bf16) (default: %(default)s)")
+    add_override_flags(p)
+    return p
+
+
 def add_override_flags(parser: argparse.ArgumentParser) -> None:
     """--preset, and one flag per field of TRAIN_FLAGS and MODEL_FLAGS. A flag that is not given
     does not appear in the parsed args at all (SUPPRESS), so `Config.from_args` keeps the preset's

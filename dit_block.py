@@ -55,11 +55,10 @@ class Attention(nn.Module):
         # softmax(q k^T / sqrt(Dh)) v; the default scale of scaled_dot_product_attention is
         # exactly 1 / sqrt(q.size(-1)) = 1 / sqrt(Dh). It picks a fused kernel where one exists.
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # Under bf16 autocast on a CPU, the fused kernel's bf16 backward is slow: 39 ms of an
-            # 84 ms training step on the project's Xeon, against 1.2 ms in fp32
-            # (`benchmarks/train_throughput.py --profile`). With 16 tokens its share of the FLOPs
-            # is small, so it runs in fp32 (with autocast off, which would cast its inputs back to
-            # bf16) and only its result goes back to bf16.
+            # Under bf16 autocast on a CPU, the fused kernel's bf16 backward took half the training
+            # step (benchmarks/README.md, "Where bf16 loses its time on a CPU"). With 16 tokens
+            # its share of the FLOPs is small, so it runs in fp32 (with autocast off, which would
+            # cast its inputs back to bf16) and only its result goes back to bf16.
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
             out = out.to(q.dtype)

@@ -20,10 +20,9 @@ The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 It needs a full-rank covariance, so at least d + 1 images for d-dim features. Estimated from
 samples it is biased upwards, the more so the fewer the images: compare scores only at equal
-numbers (benchmarks/fid_floor.py on the 2-core Xeon: 10,000 MNIST training digits score MNIST-FD
-3.4-3.9 against the test set, 1,000 of them 11.7-13.3). On the 2-core EPYC the Inception network
-read about 8 images/s (each digit resized to 299 x 299): ~20 min per 10,000 images, for the real
-set once.
+numbers, and with the floor that real digits score at that number (benchmarks/README.md, "The
+floor of the scores"). The Inception network is slow on a CPU, each digit resized to 299 x 299:
+the real set's statistics are computed once and cached.
 
 References:
   FID:  Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from checkpoint import AMP_CHOICES, load_model, out_of_memory_as_error, use_bf16
-from config import SAMPLERS, Config, UserError, apply_sampling_flags, pick_device
+from checkpoint import load_model, out_of_memory_as_error, use_bf16
+from config import AMP_CHOICES, SAMPLERS, Config, UserError, apply_sampling_flags, pick_device
 from dataset import LABELLED_NAME, labelled_file_name, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT

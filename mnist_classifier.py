@@ -2,9 +2,9 @@
 
 fid_computer.py compares generated digits with the test set in the 128-dim penultimate features of
 this network (MNIST-FD) and asks it which digit each image shows (class accuracy). It is trained
-once on the MNIST training set (5 epochs, about a minute on the project's 2-core CPUs,
-99.04-99.07% test accuracy) and kept as `<data dir>/mnist_classifier.pth`, next to the digits it
-learnt from.
+once on the MNIST training set, in about a minute on a CPU, to about 99% test accuracy
+(benchmarks/README.md, "The MNIST classifier"), and kept as `<data dir>/mnist_classifier.pth`,
+next to the digits it learnt from.
 
 A Frechet distance in the features of a domain classifier instead of Inception is TF-GAN's
 "Frechet classifier distance"; asking a trained classifier about conditional samples is the idea
@@ -35,7 +35,8 @@ CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the d
 
 @dataclass
 class ClassifierConfig:
-    epochs: int = 5  # 99.0-99.1% test accuracy after 5 passes (3 gave 98.7-98.9%); ~1 min on 2 cores
+    epochs: int = 5  # fewer passes left test accuracy measurably lower (benchmarks/README.md,
+    #                  "The MNIST classifier")
     batch_size: int = 128  # small batches: many Adam steps per epoch
     lr: float = 2e-3  # Adam, cosine-decayed to 0: the decay buys the last few tenths of a percent
     seed: int = 0  # the same weights on every run, so MNIST-FD numbers compare across runs
@@ -46,7 +47,7 @@ class MnistClassifier(nn.Module):
     conv3x3(16) - pool - conv3x3(32) - pool - fc(128) - fc(10), with BatchNorm and dropout.
     `features` is the 128-dim penultimate layer that MNIST-FD compares.
 
-    16 and 32 channels: twice as many reached the same 99.1% in our runs, in twice the time."""
+    16 and 32 channels: twice as many reached the same accuracy in twice the time."""
 
     FEATURE_DIMS = 128
 
@@ -129,7 +130,7 @@ def train_classifier(data_dir: str | Path, device: torch.device | str = "cpu",
 def load_classifier(data_dir: str | Path | None = None, device: torch.device | str = "cpu",
                     progress: bool = True) -> MnistClassifier:
     """The MNIST classifier kept in <data_dir>/mnist_classifier.pth; trained and saved first
-    when the file is missing (about a minute on the project's 2-core CPUs, once)."""
+    when the file is missing (once; about a minute on a CPU)."""
     data_dir = resolve_data_dir(str(data_dir) if data_dir is not None else None)
     path = data_dir / CLASSIFIER_FILE
     model = MnistClassifier()

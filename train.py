@@ -33,10 +33,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from checkpoint import (AMP_CHOICES, atomic_write, checkpoint_config, load_weights,
-                        out_of_memory_as_error, read_checkpoint, save_checkpoint, set_rng_state,
-                        use_bf16)
-from config import Config, UserError, add_override_flags
+from checkpoint import (atomic_write, checkpoint_config, load_weights, out_of_memory_as_error,
+                        read_checkpoint, save_checkpoint, set_rng_state, use_bf16)
+from config import Config, UserError, train_parser
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir
 from diffusion import GaussianDiffusion
 from distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather_rng,
@@ -286,27 +285,10 @@ def train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ command line
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a class-conditional DiT on MNIST.")
-    p.add_argument("--out-dir", default="runs/default",
-                   help="where model.pth, samples/, loss.png and log.csv go (default: %(default)s)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding MNIST/raw/ (default: $DIT_DATA_DIR or ./data)")
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/model.pth")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if <out-dir>/model.pth exists")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (slow start, faster steps)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast; auto = on for CUDA, off for the CPU (see "
-                        "checkpoint.use_bf16) (default: %(default)s)")
-    add_override_flags(p)  # --preset and one flag per training and model setting (config.py)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line (config.train_parser lists every flag) -> train(); a user mistake is one
+    line on stderr and exit status 1, never a traceback."""
+    args = train_parser().parse_args(argv)
     try:
         return train(args)
     except UserError as e:

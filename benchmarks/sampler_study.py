@@ -36,7 +36,7 @@ COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from checkpoint import AMP_CHOICES
+    from config import AMP_CHOICES
     from diffusion import SAMPLERS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
