@@ -237,6 +237,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="after the table, each row's K operators with the most self time")
+    p.add_argument("--json", metavar="FILE", help="also write the rows to FILE as a JSON list")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = p.parse_args()
 
@@ -268,7 +269,7 @@ def main() -> None:
               f"{'s/epoch':>7} | {'peak MB':>7} | {'GFLOP/img':>9} | {'GFLOP/s':>7} | {'% of peak':>9} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    profiles = []
+    profiles, results = [], []
     for preset, amp, naive, compile_model in rows:
         cmd = [sys.executable, __file__, "--row", f"{preset},{amp},{naive},{compile_model}",
                "--seconds", str(args.seconds), "--profile", str(args.profile)]
@@ -279,12 +280,15 @@ def main() -> None:
             print(f"| {preset:<16} | failed: {res.stderr.strip().splitlines()[-1][:80]} |")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        results.append(r)
         peak = peaks["bfloat16" if r["amp"] == "bf16" else "float32"]
         print(f"| {r['preset']:<16} | {r['amp']:<4} | {r['batch']:>5} | {r['params_m']:>6.2f}M | "
               f"{r['images_per_sec']:>8.0f} | {r['epoch_sec']:>7.0f} | {r['peak_mb']:>7.0f} | "
               f"{r['gflop_per_image']:>9.3f} | {r['achieved_gflops']:>7.1f} | "
               f"{100 * r['achieved_gflops'] / peak:>8.1f}% |")
         profiles.append((f"{r['preset']}, {r['amp']}", r["profile"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     for name, ops in profiles:
         if ops:
             print(f"\n{name}: the {len(ops)} operators with the most self time "
