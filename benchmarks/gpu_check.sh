@@ -17,7 +17,7 @@
 #                   four files are there, so copy them in before going to a machine offline
 #   WHEELS          optional folder of wheels to install first (pytorch-fid, which a bare GPU
 #                   machine lacks), into a private --target folder put on PYTHONPATH
-#   TRAIN_MINUTES   the training budget (default 3.5 on a GPU, 0.1 with --cpu)
+#   TRAIN_MINUTES   the training budget (default 3 on a GPU, 0.1 with --cpu)
 #
 # Preparing a lent GPU machine that reaches no network (from the repository root, here):
 #   mkdir -p data/MNIST/raw && cp ../shared/data/MNIST/raw/* data/MNIST/raw/
@@ -38,7 +38,7 @@ if [ "$MODE" = "--cpu" ]; then
     MINUTES=${TRAIN_MINUTES:-0.1}; TEST_ARGS=(-m cuda); COMPILE=()
 elif [ "$MODE" = "gpu" ]; then
     PRESET=gpu; DEVICE=cuda; AMP=bf16; SECONDS_PER_ROW=10; PER_CLASS=1000; BATCH=2500
-    MINUTES=${TRAIN_MINUTES:-3.5}; TEST_ARGS=(-m "not slow"); COMPILE=(--compile)
+    MINUTES=${TRAIN_MINUTES:-3}; TEST_ARGS=(-m "not slow"); COMPILE=(--compile)
 else
     echo "unknown mode $MODE: pass --cpu or nothing" >&2
     exit 2

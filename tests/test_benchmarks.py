@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Config, get_preset
+from config import Config, get_preset, train_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import train_throughput as tt  # noqa: E402  (benchmarks/ is not a package)
@@ -102,7 +102,7 @@ def test_each_lever_changes_exactly_one_setting_of_the_default():
     import train
 
     def settings(flags):
-        cfg = Config.from_args(train.build_parser().parse_args(flags))
+        cfg = Config.from_args(train_parser().parse_args(flags))
         return {**dataclasses.asdict(cfg.train), **dataclasses.asdict(cfg.model)}
 
     default = settings([])

@@ -13,7 +13,7 @@ import torch
 import train
 from helpers import write_tiny_mnist
 from checkpoint import read_checkpoint
-from config import Config
+from config import Config, train_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
 
 
 def test_ema_flags_reach_the_config():
-    parser = train.build_parser()
+    parser = train_parser()
     assert Config.from_args(parser.parse_args([])).train.ema_warmup is True
     cfg = Config.from_args(parser.parse_args(["--no-ema-warmup", "--ema-decay", "0"]))
     assert cfg.train.ema_warmup is False and cfg.train.ema_decay == 0
@@ -254,7 +254,7 @@ def test_ema_flags_reach_the_config():
 
 
 def test_learning_rate_warm_up_is_linear_then_constant():
-    parser = train.build_parser()
+    parser = train_parser()
     cfg = Config.from_args(parser.parse_args(["--no-lr-decay"]))  # no warm-up, no decay
     assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg, 10) == cfg.train.lr
     assert train.lr_at(9, cfg, 10) == cfg.train.lr
@@ -265,7 +265,7 @@ def test_learning_rate_warm_up_is_linear_then_constant():
 
 
 def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
-    parser = train.build_parser()
+    parser = train_parser()
     cfg = Config.from_args(parser.parse_args(["--warmup-steps", "2", "--lr", "1e-3",
                                                     "--lr-decay"]))
     # Steps 0 and 1 warm up; then 6 steps fall from the full rate (step 2) towards 0 (step 8).
@@ -277,7 +277,7 @@ def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
 
 
 def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
-    assert train.ema_decay_at(0, Config.from_args(train.build_parser().parse_args([]))) == 0.1
+    assert train.ema_decay_at(0, Config.from_args(train_parser().parse_args([]))) == 0.1
     emas = []
     for name, flags in [("warm", []), ("cold", ["--no-ema-warmup"])]:
         assert run_train(tiny_data, tmp_path / name, "--max-steps", "2", *flags) == 0
@@ -290,10 +290,10 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
 
 
 def test_help_shows_each_presets_value_of_the_override_flags():
-    text = " ".join(train.build_parser().format_help().split())  # undo the line wrapping
+    text = " ".join(train_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text
     assert "[cpu 16, gpu 30, tiny 1]" in text  # --epochs
     assert "[cpu True, gpu False, tiny True]" in text  # --lr-decay, a yes/no flag
     assert "[cpu 7, gpu 2, tiny 7]" in text  # --patch-size
-    args = train.build_parser().parse_args([])
+    args = train_parser().parse_args([])
     assert not hasattr(args, "epochs") and not hasattr(args, "ema_warmup")  # not given: the preset's
