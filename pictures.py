@@ -18,6 +18,7 @@ import torch
 
 from config import Config
 from diffusion import GaussianDiffusion
+from dit import patchify, sincos_pos_embed_2d
 
 
 # ------------------------------------------------------------------------------ drawing digits
@@ -148,6 +149,140 @@ def save_guidance_strip(images: torch.Tensor, digits: list[int], scales, path: s
     fig.suptitle("guidance scale s: same noise, same label", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ the forward process
+
+FORWARD_TIMESTEPS = (0, 50, 100, 200, 300, 500, 700, 999)  # dense early, where the digit fades
+
+
+def forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, timesteps=FORWARD_TIMESTEPS,
+                    seed: int = 0) -> torch.Tensor:
+    """One digit x0 (C, H, W) noised to each of `timesteps` with q_sample and one fixed noise eps,
+    so that only t changes along the row: (len(timesteps), C, H, W)."""
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    t = torch.tensor(timesteps)
+    return diffusion.q_sample(x0.expand(len(t), *x0.shape), t, eps.expand(len(t), *x0.shape))
+
+
+def min_snr_weight(diffusion: GaussianDiffusion, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t for every t (T,): the weight of the loss at t under min-SNR
+    (the same expression as GaussianDiffusion.training_loss)."""
+    return diffusion.snr.clamp(max=gamma) / diffusion.snr
+
+
+def save_forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, gamma: float,
+                         path: str | Path, timesteps=FORWARD_TIMESTEPS) -> None:
+    """Top: the digit at growing t. Bottom: alpha-bar_t and the SNR (log scale) against t, with
+    the min-SNR weight: where the signal goes and what min-SNR down-weights."""
+    plt = pyplot()
+    noised = forward_process(diffusion, x0, timesteps)
+    fig = plt.figure(figsize=(9, 5.2))
+    grid = fig.add_gridspec(2, len(timesteps), height_ratios=[1, 1.6])
+    for i, t in enumerate(timesteps):
+        ax = fig.add_subplot(grid[0, i])
+        show_digit(ax, noised[i, 0])
+        ax.set_title(f"t = {t}\nalpha-bar = {diffusion.alphas_cumprod[t]:.2g}", fontsize=7)
+    t = torch.arange(diffusion.num_timesteps)
+    half = len(timesteps) // 2
+    ax = fig.add_subplot(grid[1, :half])
+    ax.plot(t, diffusion.alphas_cumprod, label="alpha-bar_t (signal variance)")
+    ax.plot(t, 1 - diffusion.alphas_cumprod, label="1 - alpha-bar_t (noise variance)")
+    ax.set_xlabel("t")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(grid[1, half:])
+    ax.plot(t, diffusion.snr, label="SNR_t = alpha-bar / (1 - alpha-bar)")
+    ax.plot(t, min_snr_weight(diffusion, gamma), label=f"min-SNR weight min(SNR, {gamma:g}) / SNR")
+    ax.axhline(gamma, color="gray", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle("the forward process q(x_t | x_0): one digit, one noise, growing t", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ tokens
+
+def token_strip(x0: torch.Tensor, patch_size: int, gap: int = 1) -> torch.Tensor:
+    """The tokens of patchify, in order, as one row of p x p tiles with `gap` pixels of white
+    between them: (p, N * (p + gap) - gap), for a single-channel digit (1, H, W) in [-1, 1]."""
+    p = patch_size
+    tokens = patchify(x0[None], p)[0]  # (N, p * p): token n is patch n in row-major order
+    tiles = [t.reshape(p, p) for t in tokens]  # pixels row by row, as patchify lists them
+    white = torch.ones(p, gap)
+    return torch.cat([piece for tile in tiles for piece in (tile, white)][:-1], dim=1)
+
+
+def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str | Path) -> None:
+    """Top left: the digit cut into its p x p patches, numbered in token order. Top right: the
+    fixed 2D sin-cos position code added to the tokens, tokens x channels. Bottom: the tokens in
+    that order, each a patch of p * p pixels (patchify), before the linear map to D channels."""
+    plt = pyplot()
+    _, H, W = x0.shape
+    p, side = patch_size, H // patch_size
+    fig = plt.figure(figsize=(9, 5.2))
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 1], width_ratios=[1, 1.6])
+    ax = fig.add_subplot(grid[0, 0])
+    show_digit(ax, x0[0])
+    for k in range(1, side):  # the patch borders
+        ax.axhline(k * p - 0.5, color="red", lw=0.8)
+        ax.axvline(k * p - 0.5, color="red", lw=0.8)
+    for n in range(side * side):
+        r, c = divmod(n, side)  # row-major: token n is patch (n // side, n % side)
+        ax.text(c * p + 0.3, r * p + 0.3, str(n), color="red", fontsize=7, va="top")
+    ax.set_title(f"{H} x {W} digit: {side * side} patches of {p} x {p} pixels", fontsize=8)
+    ax = fig.add_subplot(grid[0, 1])
+    code = sincos_pos_embed_2d(hidden_size, side)  # (N, D)
+    shown = ax.imshow(code.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    fig.colorbar(shown, ax=ax, fraction=0.04)
+    ax.set_xlabel(f"channel (0-{hidden_size // 2 - 1}: the patch's row, {hidden_size // 2}-"
+                  f"{hidden_size - 1}: its column; sines, then cosines)", fontsize=7)
+    ax.set_ylabel("token n")
+    ax.set_title(f"the 2D sin-cos position code added to each token (N x D = {side * side} x "
+                 f"{hidden_size})", fontsize=8)
+    ax = fig.add_subplot(grid[1, :])
+    ax.imshow(token_strip(x0, p).clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+    ax.set_xticks([n * (p + 1) + (p - 1) / 2 for n in range(side * side)])
+    ax.set_xticklabels(range(side * side), fontsize=7)
+    ax.set_yticks([])
+    ax.set_xlabel("token n: the sequence the Transformer reads (each patch becomes one D-vector)",
+                  fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ animation
+
+def sampling_frames(states: torch.Tensor, x0_preds: torch.Tensor, nrow: int,
+                    frames: int = 26) -> list[torch.Tensor]:
+    """Frames of the sampling animation: each is x_t (left) beside x0-hat (right), each a grid of
+    the batch with nrow images per row, as uint8 (H, W) in 0..255. states (S + 1, B, C, H, W),
+    x0_preds (S, B, C, H, W); `frames` states evenly spaced, first and last kept, the last shown
+    beside itself (x_0 is its own prediction)."""
+    from torchvision.utils import make_grid
+
+    out = []
+    for k in shown_columns(len(states), frames):
+        x0_hat = x0_preds[k] if k < len(x0_preds) else states[-1]
+        pair = [make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+                for images in (states[k], x0_hat)]  # each (3, H', W') in [0, 1]
+        gap = torch.ones(3, pair[0].shape[1], 8)
+        out.append((torch.cat([pair[0], gap, pair[1]], dim=2)[0] * 255).round().to(torch.uint8))
+    return out
+
+
+def save_gif(frames: list[torch.Tensor], path: str | Path, ms_per_frame: int = 120) -> None:
+    """uint8 (H, W) frames as a looping GIF; the last frame is held for a second."""
+    from PIL import Image
+
+    images = [Image.fromarray(f.numpy()) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                   duration=[ms_per_frame] * (len(images) - 1) + [1000])
 
 
 # ------------------------------------------------------------------------------ loss curve
