@@ -14,6 +14,8 @@ retypes a hyperparameter.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pickle
 from contextlib import contextmanager
@@ -47,6 +49,31 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+# ------------------------------------------------------------------------------ the training log
+
+def write_log(rows: list[dict], path: str | Path) -> None:
+    """log.csv, one row per logged step: its columns are the keys of the rows in order of first
+    appearance; a row without a column (the held-out loss is measured less often) leaves it empty."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue()), text=True)
+
+
+def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a log.csv as dicts of numbers (an empty cell left out), up to a step if given:
+    a resumed run keeps the rows of the checkpoint it resumes, not those written after it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
 # ------------------------------------------------------------------------------ reading checkpoints
