@@ -120,8 +120,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--budgets", nargs="+", type=float, default=[3.0, 6.0, 12.0],
-                   help="training compute per run, in TFLOPs (default: 3 6 12)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[1.5, 3.0, 6.0],
+                   help="training compute per run, in TFLOPs (default: 1.5 3 6)")
     p.add_argument("--num", type=int, default=1000, help="samples scored per run")
     p.add_argument("--out", default="benchmarks/scaling.csv", help="the CSV, one row per run")
     p.add_argument("--out-dir", default="runs/scaling", help="holds one run folder per row")

@@ -1,5 +1,8 @@
-"""Tests of what the log and the pictures show of the inside of the model: the adaLN-Zero gates,
-the attention weights, the held-out loss by noise level, and figures.py end to end."""
+"""Tests of what the log and the pictures show of the inside of the model (the adaLN-Zero gates,
+the attention weights, the held-out loss by noise level, figures.py end to end), and of the
+weights that ship in pretrained/."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,12 +10,15 @@ from PIL import Image
 
 import figures
 import train
-from checkpoint import read_log, write_log
-from config import ModelConfig
+from checkpoint import load_model, read_log, write_log
+from config import ModelConfig, UserError
+from dataset import resolve_data_dir, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
 from dit_block import modulate
 from helpers import write_tiny_mnist
+from mnist_classifier import classify, load_classifier
+from pictures import class_labels, generate
 
 
 def small_dit(**kw) -> DiT:
@@ -149,3 +155,37 @@ def test_figures_bad_input_is_one_line(tiny_run, tmp_path, capsys):
     assert figures.main(["--only", "forward", "--digit", "99999", "--data-dir", str(data),
                          "--out-dir", str(tmp_path)]) == 1
     assert "--digit must be" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the shipped weights
+
+SHIPPED = Path(__file__).resolve().parent.parent / "pretrained" / "model.pth"
+
+
+def test_shipped_weights_are_small_plain_and_load_with_weights_only():
+    ckpt = torch.load(SHIPPED, weights_only=True)  # tensors and plain types only
+    assert set(ckpt) == {"ema", "config", "step", "source"}
+    assert SHIPPED.stat().st_size <= 3.2e6
+    assert all(v.dtype == torch.float16 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert ckpt["config"]["preset"] == "cpu" and "commit" in ckpt["source"]
+    model, cfg = load_model(SHIPPED)
+    assert next(model.parameters()).dtype == torch.float32  # widened on loading
+    assert torch.equal(model.state_dict()["final_layer.linear.weight"],
+                       ckpt["ema"]["final_layer.linear.weight"].float())
+    with pytest.raises(UserError, match="holds only the EMA weights"):
+        load_model(SHIPPED, use_ema=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
+                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+def test_shipped_weights_draw_the_digits_asked_for():
+    """100 samples (10 of each digit, the checkpoint's sampler) read by the MNIST classifier as
+    the digit asked for, nearly all of them (the default scores about 0.98 on 1,000)."""
+    model, cfg = load_model(SHIPPED)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    labels = class_labels(cfg.model.num_classes, 10)
+    images = generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0))
+    classifier = load_classifier(resolve_data_dir(), "cpu", progress=False)
+    _, preds = classify(classifier, to_uint8(images)[:, 0])  # uint8 (N, 28, 28)
+    assert (preds == labels).float().mean().item() >= 0.9
