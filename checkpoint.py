@@ -1,4 +1,5 @@
-"""What the three scripts share: checkpoints, atomic files, random state, precision, memory errors.
+"""What the scripts share: checkpoints, the training log, atomic files, random state, precision,
+memory errors.
 
 `train.py` writes a checkpoint, `inference.py` samples from it and benchmarks read it back; all of
 them go through this module, so that no script imports another (as DiT's `download.py` serves
@@ -7,13 +8,17 @@ both of its sample scripts). A checkpoint is a dict of tensors and plain Python 
     {"model", "ema": state dicts, "optimizer": its state dict, "config": Config.to_dict(),
      "step", "epoch", "train_seconds", "rng": one RNG state per process, "world_size", "bf16"}
 
-so `torch.load(..., weights_only=True)` reads it without running any pickled code, and the model
+The shipped weights (`ship_weights`, pretrained/model.pth) keep only {"ema" in half precision,
+"config", "step", "source"}: enough to sample. Either way `torch.load(..., weights_only=True)`
+reads it without running any pickled code, and the model
 is rebuilt from the stored config (nanoGPT's `GPTConfig(**checkpoint['model_args'])`): no script
 retypes a hyperparameter.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pickle
 from contextlib import contextmanager
@@ -49,6 +54,31 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+# ------------------------------------------------------------------------------ the training log
+
+def write_log(rows: list[dict], path: str | Path) -> None:
+    """log.csv, one row per logged step: its columns are the keys of the rows in order of first
+    appearance; a row without a column (the held-out loss is measured less often) leaves it empty."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue()), text=True)
+
+
+def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a log.csv as dicts of numbers (an empty cell left out), up to a step if given:
+    a resumed run keeps the rows of the checkpoint it resumes, not those written after it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
 # ------------------------------------------------------------------------------ reading checkpoints
 
 def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:
@@ -67,7 +97,9 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
         # RuntimeError from the zip reader, IndexError from the unpickler, ...): all mean "corrupt"
         raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}): retrain, or "
                         "resume from an intact copy") from None
-    needed = ["model", "ema", "config"] + (["optimizer", "step", "rng"] if with_training_state else [])
+    # Sampling needs the EMA weights and the config (all that the shipped weights hold); resuming
+    # needs the rest of the training state too.
+    needed = ["ema", "config"] + (["model", "optimizer", "step", "rng"] if with_training_state else [])
     missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
@@ -96,12 +128,29 @@ def load_weights(module: torch.nn.Module | torch.optim.Optimizer, state: dict,
 
 def load_model(path: str | Path, device: torch.device | str = "cpu",
                use_ema: bool = True) -> tuple[DiT, Config]:
-    """Rebuild the DiT from the config inside the checkpoint and load its (EMA) weights."""
+    """Rebuild the DiT from the config inside the checkpoint and load its (EMA) weights. Weights
+    stored in half precision (the shipped file, `ship_weights`) are widened to float32."""
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     model = DiT(cfg.model)
-    load_weights(model, ckpt["ema" if use_ema else "model"], path)
+    if not use_ema and "model" not in ckpt:
+        raise UserError(f"{path} holds only the EMA weights: sample from those instead")
+    load_weights(model, ckpt["ema" if use_ema else "model"], path)  # copies cast to float32
     return model.to(device).eval(), cfg
+
+
+def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
+    """The EMA weights of a training checkpoint in half precision, with its config and step and a
+    note of where they came from (`source`: the commit and command), written atomically to `out`:
+    what a reader needs to sample, at a quarter of the checkpoint's size (no raw weights, no
+    optimiser moments). Returns the dict written."""
+    ckpt = read_checkpoint(path, with_training_state=True)
+    checkpoint_config(ckpt, path)  # refuse a config this code cannot read
+    shipped = {"ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()},
+               "config": ckpt["config"], "step": ckpt["step"], "source": source}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, shipped)
+    return shipped
 
 
 # ------------------------------------------------------------------------------ random state

@@ -115,12 +115,15 @@ class TrainConfig:
     #                             digit's class is decided
     seed: int = 0  # one seed for weights, batches and noise: runs are reproducible
     log_every: int = 50  # steps between rows of the loss log
+    eval_every: int = 500  # steps between held-out losses: a forward pass over eval_images
+    eval_images: int = 1000  # held-out test digits, 100 per tenth of the range of t
     sample_every: int = 0  # steps between sample grids; 0 = at the end of every epoch
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
 
     def check(self) -> None:
         """A UserError naming the flag of the first value that cannot train."""
-        for name in ["epochs", "batch_size", "log_every", "checkpoint_every"]:
+        for name in ["epochs", "batch_size", "log_every", "checkpoint_every", "eval_every",
+                     "eval_images"]:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["max_steps", "sample_every", "warmup_steps", "time_limit"]:
@@ -259,6 +262,7 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
                   "fixed decay from step 0",
     "seed": "seed of the weights, batches and noise",
     "log_every": "steps between rows of log.csv",
+    "eval_every": "steps between held-out losses (and one at the end)",
     "sample_every": "steps between sample grids (0 = each epoch)",
     "checkpoint_every": "steps between checkpoints",
 }
@@ -271,8 +275,8 @@ MODEL_FLAGS = {  # field of ModelConfig -> help
     "class_dropout_prob": "share of labels dropped, for classifier-free guidance",
 }
 # What a resumed run may change: how long it goes on and how often it reports.
-RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "sample_every",
-                   "checkpoint_every"}
+RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "eval_every",
+                   "sample_every", "checkpoint_every"}
 
 
 AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced on, or fp32 (checkpoint.use_bf16)

@@ -110,10 +110,39 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         eps = model(x_t, t, y).float()  # float32 loss even when the model ran in bf16
         mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))  # line 5, per image, (B,)
-        if min_snr_gamma > 0:
-            snr = self._gather(self.snr, t, x0).reshape(B)
-            mse = mse * snr.clamp(max=min_snr_gamma) / snr
-        return mse.mean()
+        return self._min_snr_weighted(mse, t, min_snr_gamma).mean()
+
+    def _min_snr_weighted(self, mse: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Per-image losses (B,) times min(SNR_t, gamma) / SNR_t; unchanged for gamma = 0."""
+        if gamma <= 0:
+            return mse
+        snr = self.snr.to(t.device)[t]  # (B,)
+        return mse * snr.clamp(max=gamma) / snr
+
+    @torch.no_grad()
+    def heldout_losses(self, model, x0: torch.Tensor, y: torch.Tensor, min_snr_gamma: float = 0.0,
+                       buckets: int = 10, seed: int = 0) -> dict:
+        """The loss on held-out images (nanoGPT's `estimate_loss`), and split by noise level.
+
+        Image i gets the timestep floor(i T / B), so each of `buckets` equal ranges of t holds an
+        equal share of the images, and its noise comes from a generator seeded with `seed`: every
+        call draws the same (t, eps), so successive evaluations differ only by the weights, and
+        the training's own random stream is not touched. The model runs in eval mode (no label
+        dropout). Returns {"loss": the training objective (min-SNR weighted if asked), "mse": the
+        plain noise MSE, "bucket_mse": the plain noise MSE of each range of t, lowest t first}.
+        """
+        B = x0.shape[0]
+        t = torch.arange(B, device=x0.device) * self.num_timesteps // B  # (B,), evenly over [0, T)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+        was_training = model.training
+        model.eval()
+        eps = model(self.q_sample(x0, t, noise), t, y).float()
+        model.train(was_training)
+        mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        bucket = t * buckets // self.num_timesteps  # (B,): which range of t each image is in
+        return {"loss": self._min_snr_weighted(mse, t, min_snr_gamma).mean().item(),
+                "mse": mse.mean().item(),
+                "bucket_mse": [mse[bucket == b].mean().item() for b in range(buckets)]}
 
     # ---------------------------------------------------------------- samplers
 

@@ -157,12 +157,17 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    def embed(self, x: torch.Tensor, t: torch.Tensor,
+              y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens with their positions (B, N, D), and the conditioning c (B, D)."""
+        x = x.to(self.pos_embed.dtype)  # the samplers keep x_t in float64; the network is float32
+        tokens = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        return tokens, self.t_embedder(t) + self.y_embedder(y)  # c: (B, D)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels, where the
         label num_classes (10 for MNIST) is the null label."""
-        x = x.to(self.pos_embed.dtype)  # the samplers keep x_t in float64; the network is float32
-        tokens = self.x_embedder(x) + self.pos_embed  # (B, N, D)
-        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        tokens, c = self.embed(x, t, y)  # (B, N, D), (B, D)
         for block in self.blocks:
             tokens = block(tokens, c)  # (B, N, D)
         out = self.final_layer(tokens, c)  # (B, N, p * p * C)
@@ -187,6 +192,29 @@ class DiT(nn.Module):
         eps = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
+    # ---------------------------------------------------------------- looking inside
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's attention weights on the way through the network, depth x (B, NH, N, N)
+        (DiTBlock.attention_weights): row i of a head's map is where token i looks."""
+        tokens, c = self.embed(x, t, y)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attention_weights(tokens, c))
+            tokens = block(tokens, c)
+        return maps
+
+    @torch.no_grad()
+    def gate_magnitudes(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean |gate| of each block's attention and MLP branch over the conditions (t, y):
+        (depth, 2). All 0 at initialisation (adaLN-Zero: every block is the identity); as they
+        open, the blocks start to change their input. The labels go straight to the embedding
+        table, never dropped."""
+        c = self.t_embedder(t) + self.y_embedder.embedding_table(y)  # (B, D)
+        return torch.stack([torch.stack([g.abs().mean() for g in block.gates(c)])
+                            for block in self.blocks])
 
 
 if __name__ == "__main__":

@@ -47,11 +47,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # one matmul instead of three
         self.proj = nn.Linear(hidden_size, hidden_size)
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of every head from one fused projection: (B, N, D) -> three (B, NH, N, Dh)."""
+        B, N, D = x.shape  # batch, tokens, width
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, NH, Dh)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, NH, N, Dh) -> each (B, NH, N, Dh)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights softmax(q k^T / sqrt(Dh)), written out: (B, NH, N, N), row i
+        being where token i looks (each row sums to 1). For looking inside the model; `forward`
+        computes the same weighting with a fused kernel that never stores it."""
+        q, k, _ = self.heads(x)
+        return torch.softmax(q @ k.transpose(-2, -1) / self.head_dim**0.5, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape  # batch, tokens, width
-        NH, Dh = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, NH, Dh).permute(2, 0, 3, 1, 4)  # (3, B, NH, N, Dh)
-        q, k, v = qkv.unbind(0)  # each (B, NH, N, Dh)
+        q, k, v = self.heads(x)  # each (B, NH, N, Dh)
         # softmax(q k^T / sqrt(Dh)) v; the default scale of scaled_dot_product_attention is
         # exactly 1 / sqrt(q.size(-1)) = 1 / sqrt(Dh). It picks a fused kernel where one exists.
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
@@ -95,6 +106,18 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, mlp_ratio)
         # One layer makes all six modulation vectors: shift, scale, gate for attention and MLP.
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def gates(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gate_msa and gate_mlp for conditioning c, each (B, D): how much of the attention and
+        of the MLP branch the block adds to its input (both 0 at initialisation)."""
+        chunks = self.adaLN_modulation(c).chunk(6, dim=1)
+        return chunks[2], chunks[5]
+
+    def attention_weights(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The attention weights of this block for tokens x and conditioning c, (B, NH, N, N):
+        the attention of `forward`, on the same normalised and modulated tokens."""
+        shift_msa, scale_msa = self.adaLN_modulation(c).chunk(6, dim=1)[:2]
+        return self.attn.weights(modulate(self.norm1(x), shift_msa, scale_msa))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # x: (B, N, D) tokens; c: (B, D) conditioning (timestep + label embedding)

@@ -254,6 +254,60 @@ def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str |
     save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------ attention
+
+ATTENTION_TIMESTEPS = (900, 500, 100)  # mostly noise, half way, nearly clean
+
+
+def attention_panels(model, diffusion: GaussianDiffusion, x0: torch.Tensor, label: int,
+                     timesteps=ATTENTION_TIMESTEPS, seed: int = 0):
+    """For one digit x0 (C, H, W) noised to each of `timesteps` (one fixed noise): the noised
+    digits (L, H, W), every block's attention (L, depth, NH, N, N), and the query token shown:
+    the patch with the most ink, where the digit is."""
+    p = model.config.patch_size
+    device = next(model.parameters()).device
+    x_t = forward_process(diffusion, x0, timesteps, seed).to(device)  # (L, C, H, W)
+    t = torch.tensor(timesteps, device=device)
+    y = torch.full_like(t, label)
+    maps = torch.stack(model.attention_maps(x_t, t, y), dim=1).cpu()  # (L, depth, NH, N, N)
+    ink = patchify((x0[None] + 1) / 2, p)[0].sum(dim=1)  # (N,): bright pixels per patch
+    return x_t[:, 0].cpu(), maps, int(ink.argmax())
+
+
+def save_attention(x_t: torch.Tensor, maps: torch.Tensor, query: int, timesteps, patch_size: int,
+                   path: str | Path) -> None:
+    """Where one token looks: for each noise level (column group), block (row) and head
+    (column), the query token's attention weights over the patch grid, drawn over x_t; the
+    query's patch is outlined. Each row of weights sums to 1 (uniform attention is 1 / N); one
+    colour scale, from 0 to the largest weight shown, serves every panel."""
+    plt = pyplot()
+    L, depth, NH, N, _ = maps.shape
+    side, p = int(N**0.5), patch_size
+    top = maps[..., query, :].max().item()
+    fig, axes = plt.subplots(depth, L * NH, squeeze=False,
+                             figsize=(0.95 * L * NH, 0.95 * depth + 0.7))
+    r, c = divmod(query, side)
+    for level in range(L):
+        for block in range(depth):
+            for head in range(NH):
+                ax = axes[block][level * NH + head]
+                show_digit(ax, x_t[level])
+                weights = maps[level, block, head, query].reshape(side, side)  # where it looks
+                ax.imshow(weights.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=top,
+                          extent=(-0.5, side * p - 0.5, side * p - 0.5, -0.5))
+                ax.add_patch(plt.Rectangle((c * p - 0.5, r * p - 0.5), p, p, fill=False,
+                                           edgecolor="cyan", lw=1))
+                if block == 0:
+                    ax.set_title(f"t={timesteps[level]}, head {head}", fontsize=6)
+                if level == 0 and head == 0:
+                    ax.set_ylabel(f"block {block}", fontsize=7)
+    fig.suptitle(f"where token {query} (outlined) looks: each head's attention weights over the "
+                 f"{N} patches (black 0, brightest {top:.2f}; uniform would be {1 / N:.3f})",
+                 fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    save_figure(fig, path)
+
+
 # ------------------------------------------------------------------------------ animation
 
 def sampling_frames(states: torch.Tensor, x0_preds: torch.Tensor, nrow: int,
@@ -285,17 +339,71 @@ def save_gif(frames: list[torch.Tensor], path: str | Path, ms_per_frame: int = 1
                    duration=[ms_per_frame] * (len(images) - 1) + [1000])
 
 
-# ------------------------------------------------------------------------------ loss curve
+# ------------------------------------------------------------------------------ the training log
 
-def save_loss_plot(rows: list[dict], path: str | Path) -> None:
-    """The training loss of log.csv's rows against the step, on a log scale."""
+def bucket_columns(row: dict) -> list[tuple[str, int]]:
+    """The log's held-out MSE columns, heldout_mse_t<first t of the range>, as (name, first t)."""
+    prefix = "heldout_mse_t"
+    return sorted(((k, int(k[len(prefix):])) for k in row if k.startswith(prefix)),
+                  key=lambda kv: kv[1])
+
+
+def save_loss_plot(rows: list[dict], path: str | Path, num_timesteps: int = 1000) -> None:
+    """Left: the training loss and the held-out loss (the same objective, on test digits the
+    model never trains on) against the step. Right: the held-out noise MSE of each tenth of the
+    range of t against the step, where the model finds the noise hard and where easy."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    held = [r for r in rows if "heldout_loss" in r]
+    fig, axes = plt.subplots(1, 2 if held else 1, figsize=(11 if held else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="training loss")
+    if held:
+        ax.plot([r["step"] for r in held], [r["heldout_loss"] for r in held], "o-", ms=3,
+                label="held-out loss (MNIST test digits)")
+        ax.legend(fontsize=8)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (noise MSE)")
+    ax.set_ylabel("loss (noise MSE, min-SNR weighted if on)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
+    if held:
+        ax = axes[0][1]
+        columns = bucket_columns(held[-1])
+        cmap = plt.get_cmap("viridis")
+        for i, (name, first) in enumerate(columns):
+            last = columns[i + 1][1] - 1 if i + 1 < len(columns) else num_timesteps - 1
+            ax.plot([r["step"] for r in held], [r[name] for r in held], "o-", ms=2,
+                    color=cmap(i / max(1, len(columns) - 1)), label=f"t {first}-{last}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out noise MSE (unweighted)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        ax.set_title("by noise level: low t (nearly clean) is where the noise is hard to find",
+                     fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_gates_plot(rows: list[dict], path: str | Path) -> None:
+    """Mean |gate| of each block's attention (solid) and MLP (dashed) branch against the step:
+    every block starts as the identity (all gates 0, adaLN-Zero) and opens as it learns."""
+    plt = pyplot()
+    depth = len([k for k in rows[0] if k.startswith("gate_attn_")]) if rows else 0
+    if depth == 0:
+        return  # a log from before the gates were logged
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    cmap = plt.get_cmap("plasma")
+    steps = [0] + [r["step"] for r in rows]  # step 0: the fresh model, all gates exactly 0
+    for k in range(depth):
+        color = cmap(0.85 * k / max(1, depth - 1))
+        for branch, style in [("attn", "-"), ("mlp", "--")]:
+            ax.plot(steps, [0.0] + [r[f"gate_{branch}_{k}"] for r in rows], style, color=color,
+                    lw=1.2, label=f"block {k} {'attention' if branch == 'attn' else 'MLP'}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean |gate| over digits and t")
+    ax.set_title("adaLN-Zero: every block starts as the identity (gates 0) and opens", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
 

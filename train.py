@@ -7,8 +7,8 @@
                                                       # (or per CPU share, with gloo)
 
 Writes into --out-dir (default runs/default): model.pth (weights, EMA, optimiser, step, RNG states
-and the config; see checkpoint.py), samples/ (EMA sample grids, one row per digit), loss.png and
-log.csv. The file reads as DiT's train.py does: the pieces of a step (learning rate, EMA,
+and the config; see checkpoint.py), samples/ (EMA sample grids, one row per digit), log.csv (the
+loss, the held-out loss by noise level, the adaLN-Zero gates), loss.png and gates.png. The file reads as DiT's train.py does: the pieces of a step (learning rate, EMA,
 `train_step`) and the log, then `train`: set up, the loop, checkpoints. The flags come from
 config.py, the process plumbing (torchrun, signals) from distributed.py, the pictures from
 pictures.py.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import math
 import sys
 import time
@@ -33,15 +31,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from checkpoint import (atomic_write, checkpoint_config, load_weights, out_of_memory_as_error,
-                        read_checkpoint, save_checkpoint, set_rng_state, use_bf16)
+from checkpoint import (checkpoint_config, load_weights, out_of_memory_as_error, read_checkpoint,
+                        read_log, save_checkpoint, set_rng_state, use_bf16, write_log)
 from config import Config, UserError, train_parser
-from dataset import InMemoryBatches, load_mnist, resolve_data_dir
+from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather_rng,
                          setup_processes, teardown_processes)
 from dit import DiT
-from pictures import sample_grid, save_grid, save_loss_plot
+from pictures import sample_grid, save_gates_plot, save_grid, save_loss_plot
 
 CHECKPOINT_NAME = "model.pth"
 
@@ -128,25 +126,25 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
     return cfg, checkpoint
 
 
-LOG_FIELDS = ["step", "epoch", "loss", "lr", "images_per_sec", "elapsed_sec"]
-
-
-def read_log(path: Path, up_to_step: int) -> list[dict]:
-    """Rows of an earlier log, up to the checkpoint we resume from (later rows were not saved)."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in r.items()}
-                for r in csv.DictReader(f)]
-    return [r for r in rows if r["step"] <= up_to_step]
-
-
-def write_log(rows: list[dict], path: Path) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue()), text=True)
+def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg: Config,
+                   with_heldout: bool) -> dict:
+    """The log's view inside the model: each block's mean |gate| (attention and MLP) over every
+    digit at ten noise levels, and with_heldout the loss on held-out test digits (overall and per
+    tenth of the range of t; GaussianDiffusion.heldout_losses). No random draw is made from the
+    training's stream, so logging more or less leaves the training bit-identical."""
+    T, classes = cfg.diffusion.num_timesteps, cfg.model.num_classes
+    device = heldout[0].device
+    t = torch.arange(10, device=device).repeat(classes) * T // 10  # 0, 100, ..., 900 per digit
+    y = torch.arange(classes, device=device).repeat_interleave(10)
+    row = {}
+    for k, (attn, mlp) in enumerate(model.gate_magnitudes(t, y).tolist()):
+        row[f"gate_attn_{k}"], row[f"gate_mlp_{k}"] = attn, mlp
+    if with_heldout:
+        losses = diffusion.heldout_losses(model, *heldout, cfg.train.min_snr_gamma)
+        row["heldout_loss"], row["heldout_mse"] = losses["loss"], losses["mse"]
+        for b, mse in enumerate(losses["bucket_mse"]):
+            row[f"heldout_mse_t{b * T // 10}"] = mse
+    return row
 
 
 def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool, path: Path) -> Path:
@@ -171,9 +169,13 @@ def train(args: argparse.Namespace) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and newer GPUs
         torch.backends.cudnn.allow_tf32 = True
 
-    images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
+    data_dir = resolve_data_dir(args.data_dir)
+    images, labels = load_mnist(data_dir, train=True)
     batches = InMemoryBatches(images, labels, cfg.train.batch_size, device, cfg.train.seed,
                               procs.rank, procs.world_size)
+    test_images, test_labels = load_mnist(data_dir, train=False)  # never trained on
+    heldout = (to_model_range(test_images[: cfg.train.eval_images]).to(device),
+               test_labels[: cfg.train.eval_images].to(device))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = DiT(cfg.model).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()  # the samples come from the EMA
@@ -237,12 +239,14 @@ def train(args: argparse.Namespace) -> int:
                 bar.update(1)
                 seen_since_log += x0.shape[0] * procs.world_size
 
-                if step % cfg.train.log_every == 0 or step == total_steps:
+                evaluate = step % cfg.train.eval_every == 0 or step == total_steps
+                if step % cfg.train.log_every == 0 or evaluate:
                     now = time.time()
                     ips = seen_since_log / max(now - last_log, 1e-9)
                     log_rows.append({"step": step, "epoch": epoch, "loss": loss,
                                      "lr": lr_at(step - 1, cfg, total_steps),
-                                     "images_per_sec": ips, "elapsed_sec": seconds})
+                                     "images_per_sec": ips, "elapsed_sec": seconds,
+                                     **looking_inside(model, diffusion, heldout, cfg, evaluate)})
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
                     last_log, seen_since_log = now, 0
                 if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop:
@@ -257,6 +261,7 @@ def train(args: argparse.Namespace) -> int:
                         save_checkpoint(ckpt_path, state)
                         write_log(log_rows, out_dir / "log.csv")
                         save_loss_plot(log_rows, out_dir / "loss.png")
+                        save_gates_plot(log_rows, out_dir / "gates.png")
                 if (step % sample_every == 0 and step != total_steps and not stop
                         and procs.is_main):
                     path = out_dir / "samples" / f"step_{step:07d}.png"

@@ -1,0 +1,108 @@
+"""Draw the lesson's pictures: the forward process, the tokens, attention, the adaLN-Zero gates,
+the loss, and the sampling animation.
+
+    python figures.py                                    # every picture, from the shipped weights
+    python figures.py --checkpoint runs/default/model.pth    # from your own run (its log.csv too)
+    python figures.py --only forward tokens              # the maths alone: no checkpoint needed
+
+Writes into --out-dir (default images/): forward.png and tokens.png (the maths: no model),
+attention.png and sampling.gif (drawn by the checkpoint's EMA model), gates.png and loss.png
+(from the log.csv beside the checkpoint). Sample grids, trajectories and guidance strips come from
+inference.py. The drawing itself is in pictures.py; this file picks the digit and the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from checkpoint import load_model, read_log, use_bf16
+from config import AMP_CHOICES, UserError, get_preset, pick_device
+from dataset import load_mnist, resolve_data_dir, to_model_range
+from diffusion import GaussianDiffusion
+from pictures import (ATTENTION_TIMESTEPS, attention_panels, class_labels, generate,
+                      sampling_frames, save_attention, save_forward_process, save_gates_plot,
+                      save_gif, save_loss_plot, save_tokens)
+
+SHIPPED = "pretrained/model.pth"  # the default run's EMA weights (README, "Weights that ship")
+PICTURES = ("forward", "tokens", "attention", "gates", "loss", "sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Draw the README's pictures of how a DiT works.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=SHIPPED)
+    p.add_argument("--log", default=None, help="the run's log.csv (default: beside --checkpoint)")
+    p.add_argument("--only", nargs="+", choices=PICTURES, default=list(PICTURES))
+    p.add_argument("--out-dir", default="images")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (the digit shown)")
+    p.add_argument("--digit", type=int, default=0, help="index of the MNIST test digit shown")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast for sampling")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out_dir)
+    images, labels = load_mnist(resolve_data_dir(args.data_dir), train=False)
+    if not 0 <= args.digit < len(images):
+        raise UserError(f"--digit must be 0 to {len(images) - 1}, got {args.digit}")
+    x0, label = to_model_range(images[args.digit : args.digit + 1])[0], int(labels[args.digit])
+    wanted = set(args.only)
+    model = cfg = None
+    if wanted & {"attention", "sampling"}:
+        device = pick_device(args.device)
+        model, cfg = load_model(args.checkpoint, device)
+    cfg = cfg or get_preset("cpu")  # the maths pictures use the default's patch and width
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    drawn = []
+
+    if "forward" in wanted:
+        save_forward_process(diffusion, x0, get_preset("cpu").train.min_snr_gamma,
+                             out / "forward.png")
+        drawn.append("forward.png")
+    if "tokens" in wanted:
+        save_tokens(x0, cfg.model.patch_size, cfg.model.hidden_size, out / "tokens.png")
+        drawn.append("tokens.png")
+    if "attention" in wanted:
+        x_t, maps, query = attention_panels(model, diffusion, x0, label, seed=args.seed)
+        save_attention(x_t, maps, query, ATTENTION_TIMESTEPS, cfg.model.patch_size,
+                       out / "attention.png")
+        drawn.append("attention.png")
+    if "sampling" in wanted:
+        g = torch.Generator(device).manual_seed(args.seed)
+        labels = class_labels(cfg.model.num_classes, 2, device)  # two of each digit
+        _, states, x0_preds = generate(model, diffusion, labels, cfg, g, use_bf16(args.amp, device),
+                                       return_intermediates=True)
+        save_gif(sampling_frames(states, x0_preds, nrow=4), out / "sampling.gif")
+        drawn.append("sampling.gif")
+    if wanted & {"gates", "loss"}:
+        log = Path(args.log) if args.log else Path(args.checkpoint).parent / "log.csv"
+        rows = read_log(log)
+        if not rows:
+            raise UserError(f"no training log at {log}: pass --log, or train first")
+        if "gates" in wanted:
+            save_gates_plot(rows, out / "gates.png")
+            drawn.append("gates.png")
+        if "loss" in wanted:
+            save_loss_plot(rows, out / "loss.png", cfg.diffusion.num_timesteps)
+            drawn.append("loss.png")
+    print(f"drew {', '.join(drawn)} in {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

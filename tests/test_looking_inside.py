@@ -1,0 +1,191 @@
+"""Tests of what the log and the pictures show of the inside of the model (the adaLN-Zero gates,
+the attention weights, the held-out loss by noise level, figures.py end to end), and of the
+weights that ship in pretrained/."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import figures
+import train
+from checkpoint import load_model, read_log, write_log
+from config import ModelConfig, UserError
+from dataset import resolve_data_dir, to_uint8
+from diffusion import GaussianDiffusion
+from dit import DiT
+from dit_block import modulate
+from helpers import write_tiny_mnist
+from mnist_classifier import classify, load_classifier
+from pictures import class_labels, generate
+
+
+def small_dit(**kw) -> DiT:
+    torch.manual_seed(0)
+    return DiT(ModelConfig(patch_size=7, hidden_size=32, depth=2, num_heads=2, **kw))
+
+
+def randomise(model: DiT) -> DiT:
+    """Every weight random, as after training (a fresh DiT has its gates and output at 0)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_gates_of_a_fresh_model_are_exactly_zero_and_open_with_training():
+    model = small_dit()
+    t, y = torch.tensor([0, 500, 999]), torch.tensor([1, 2, 10])
+    assert torch.equal(model.gate_magnitudes(t, y), torch.zeros(2, 2))
+    randomise(model)
+    gates = model.gate_magnitudes(t, y)
+    assert gates.shape == (2, 2) and (gates > 0).all()
+    # the same numbers as the block's own modulation: mean |chunk 2| and |chunk 5| of adaLN(c)
+    c = model.t_embedder(t) + model.y_embedder.embedding_table(y)
+    chunks = model.blocks[1].adaLN_modulation(c).chunk(6, dim=1)
+    assert torch.allclose(gates[1], torch.stack([chunks[2].abs().mean(), chunks[5].abs().mean()]))
+
+
+def test_attention_weights_sum_to_one_and_give_the_blocks_own_attention():
+    model = randomise(small_dit()).eval()
+    x = torch.randn(3, 1, 28, 28)
+    t, y = torch.tensor([10, 500, 990]), torch.tensor([3, 7, 10])
+    maps = model.attention_maps(x, t, y)
+    assert len(maps) == 2 and maps[0].shape == (3, 2, 16, 16)  # (B, NH, N, N)
+    for m in maps:
+        assert torch.allclose(m.sum(dim=-1), torch.ones(3, 2, 16), atol=1e-6)
+        assert (m >= 0).all()
+    # The written-out weights, applied to v, give what the fused kernel of forward gives.
+    tokens, c = model.embed(x, t, y)
+    block = model.blocks[0]
+    shift, scale = block.adaLN_modulation(c).chunk(6, dim=1)[:2]
+    h = modulate(block.norm1(tokens), shift, scale)
+    _, _, v = block.attn.heads(h)
+    by_hand = block.attn.proj((maps[0] @ v).transpose(1, 2).reshape(3, 16, 32))
+    assert torch.allclose(by_hand, block.attn(h), atol=1e-5)
+
+
+def test_heldout_loss_is_the_bucket_size_weighted_mean_and_draws_nothing_from_training():
+    diffusion = GaussianDiffusion()
+    model = randomise(small_dit()).train()
+    x0 = torch.rand(250, 1, 28, 28) * 2 - 1  # 250 images: buckets of 25
+    y = torch.arange(250) % 10
+    rng = torch.get_rng_state()
+    a = diffusion.heldout_losses(model, x0, y, min_snr_gamma=5.0)
+    b = diffusion.heldout_losses(model, x0, y, min_snr_gamma=5.0)
+    assert torch.equal(rng, torch.get_rng_state())  # the training's stream is untouched
+    assert model.training  # and the mode is restored
+    assert a == b  # the same t and noise every call
+    sizes = [(torch.arange(250) * 1000 // 250 * 10 // 1000 == k).sum().item() for k in range(10)]
+    assert sizes == [25] * 10
+    assert a["mse"] == pytest.approx(sum(n * m for n, m in zip(sizes, a["bucket_mse"])) / 250)
+    # by hand: t_i = floor(i T / B), the noise of the seeded generator, min-SNR-5 weights
+    t = torch.arange(250) * 1000 // 250
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        mse = (model(diffusion.q_sample(x0, t, noise), t, y) - noise).pow(2).mean(dim=(1, 2, 3))
+    snr = diffusion.snr[t]
+    assert a["loss"] == pytest.approx((mse * snr.clamp(max=5.0) / snr).mean().item(), rel=1e-5)
+    assert a["mse"] == pytest.approx(mse.mean().item(), rel=1e-5)
+
+
+def test_log_rows_with_and_without_the_heldout_columns_round_trip(tmp_path):
+    rows = [{"step": 1, "loss": 0.5, "gate_attn_0": 0.1},
+            {"step": 2, "loss": 0.4, "gate_attn_0": 0.2, "heldout_loss": 0.45}]
+    write_log(rows, tmp_path / "log.csv")
+    assert (tmp_path / "log.csv").read_text().splitlines()[0] == "step,loss,gate_attn_0,heldout_loss"
+    assert read_log(tmp_path / "log.csv") == rows
+    assert read_log(tmp_path / "log.csv", up_to_step=1) == rows[:1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    data = write_tiny_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=40)
+    out = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--data-dir", str(data), "--out-dir", str(out),
+                       "--max-steps", "12", "--eval-every", "5"]) == 0
+    return data, out
+
+
+def test_the_log_holds_gates_every_row_and_the_heldout_loss_every_eval(tiny_run):
+    _, out = tiny_run
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows] == list(range(1, 13))  # the tiny preset logs every step
+    assert all(f"gate_{b}_{k}" in r for r in rows for b in ("attn", "mlp") for k in (0, 1))
+    held = [r["step"] for r in rows if "heldout_loss" in r]
+    assert held == [5, 10, 12]  # every 5 steps, and at the end
+    assert len([k for k in rows[-1] if k.startswith("heldout_mse_t")]) == 10
+    assert (out / "gates.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+
+
+def test_logging_leaves_the_training_bit_identical(tiny_run, tmp_path):
+    data, out = tiny_run
+    assert train.main(["--preset", "tiny", "--data-dir", str(data), "--out-dir", str(tmp_path),
+                       "--max-steps", "12", "--eval-every", "1000"]) == 0
+    a = torch.load(out / "model.pth", weights_only=True)
+    b = torch.load(tmp_path / "model.pth", weights_only=True)
+    for key in ["model", "ema"]:
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), name
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def test_figures_draws_every_picture_from_a_checkpoint(tiny_run, tmp_path, capsys):
+    data, out = tiny_run
+    assert figures.main(["--checkpoint", str(out / "model.pth"), "--out-dir", str(tmp_path),
+                         "--data-dir", str(data)]) == 0
+    for name in ["forward.png", "tokens.png", "attention.png", "gates.png", "loss.png"]:
+        with Image.open(tmp_path / name) as img:
+            assert img.size[0] > 300, name
+    with Image.open(tmp_path / "sampling.gif") as gif:
+        assert gif.n_frames > 10
+    assert "drew" in capsys.readouterr().out
+
+
+def test_figures_bad_input_is_one_line(tiny_run, tmp_path, capsys):
+    data, _ = tiny_run
+    assert figures.main(["--checkpoint", str(tmp_path / "none.pth"), "--data-dir", str(data),
+                         "--only", "attention", "--out-dir", str(tmp_path)]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert figures.main(["--only", "loss", "--log", str(tmp_path / "none.csv"), "--data-dir",
+                         str(data), "--out-dir", str(tmp_path)]) == 1
+    assert "no training log" in capsys.readouterr().err
+    assert figures.main(["--only", "forward", "--digit", "99999", "--data-dir", str(data),
+                         "--out-dir", str(tmp_path)]) == 1
+    assert "--digit must be" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the shipped weights
+
+SHIPPED = Path(__file__).resolve().parent.parent / "pretrained" / "model.pth"
+
+
+def test_shipped_weights_are_small_plain_and_load_with_weights_only():
+    ckpt = torch.load(SHIPPED, weights_only=True)  # tensors and plain types only
+    assert set(ckpt) == {"ema", "config", "step", "source"}
+    assert SHIPPED.stat().st_size <= 3.2e6
+    assert all(v.dtype == torch.float16 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert ckpt["config"]["preset"] == "cpu" and "commit" in ckpt["source"]
+    model, cfg = load_model(SHIPPED)
+    assert next(model.parameters()).dtype == torch.float32  # widened on loading
+    assert torch.equal(model.state_dict()["final_layer.linear.weight"],
+                       ckpt["ema"]["final_layer.linear.weight"].float())
+    with pytest.raises(UserError, match="holds only the EMA weights"):
+        load_model(SHIPPED, use_ema=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
+                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+def test_shipped_weights_draw_the_digits_asked_for():
+    """100 samples (10 of each digit, the checkpoint's sampler) read by the MNIST classifier as
+    the digit asked for, nearly all of them (the default scores about 0.98 on 1,000)."""
+    model, cfg = load_model(SHIPPED)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    labels = class_labels(cfg.model.num_classes, 10)
+    images = generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0))
+    classifier = load_classifier(resolve_data_dir(), "cpu", progress=False)
+    _, preds = classify(classifier, to_uint8(images)[:, 0])  # uint8 (N, 28, 28)
+    assert (preds == labels).float().mean().item() >= 0.9
