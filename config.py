@@ -24,6 +24,19 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag value, missing file); scripts print it as one line."""
 
 
+def run_reporting_user_errors(run, args) -> int:
+    """A script's run(args) as its exit status: 0, or 1 with a UserError printed as one line on
+    stderr ("error: ... what to do"), never a traceback for a user's mistake."""
+    import sys
+
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def pick_device(flag: str | None = None):
     """The torch device to run on: the flag if given, else CUDA when present, else the CPU."""
     import torch

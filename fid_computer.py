@@ -49,7 +49,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from checkpoint import atomic_write, out_of_memory_as_error
-from config import UserError, pick_device
+from config import UserError, pick_device, run_reporting_user_errors
 from dataset import (ImageFolder, image_files, labelled_file_name, load_mnist, read_images,
                      resolve_data_dir, to_uint8)
 from mnist_classifier import MnistClassifier, classify, load_classifier
@@ -383,13 +383,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_user_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import load_model, read_log, use_bf16
-from config import AMP_CHOICES, UserError, get_preset, pick_device
+from config import AMP_CHOICES, UserError, get_preset, pick_device, run_reporting_user_errors
 from dataset import load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from pictures import (ATTENTION_TIMESTEPS, attention_panels, class_labels, generate,
@@ -95,13 +95,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_user_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from checkpoint import load_model, out_of_memory_as_error, use_bf16
-from config import AMP_CHOICES, SAMPLERS, Config, UserError, apply_sampling_flags, pick_device
+from config import (AMP_CHOICES, SAMPLERS, Config, UserError, apply_sampling_flags, pick_device,
+                    run_reporting_user_errors)
 from dataset import LABELLED_NAME, labelled_file_name, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
@@ -150,13 +151,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_user_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
