@@ -28,6 +28,22 @@ def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int 
     return Path(root)
 
 
+def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+    """(betas, alphas, alpha-bar) of DDPM's linear schedule in float64, computed here from the
+    paper (section 4) and not taken from diffusion.py, for the tests that check its formulas."""
+    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    alphas = 1 - betas
+    return betas, alphas, torch.cumprod(alphas, dim=0)
+
+
+class SmoothEps:
+    """A "model" whose noise prediction depends on x and t (not on y): a fixed smooth function,
+    so that multistep formulas combine genuinely different predictions."""
+
+    def forward_with_cfg(self, x, t, y, cfg_scale):
+        return torch.tanh(0.7 * x + 0.001 * t.to(x.dtype).reshape(-1, 1, 1, 1)) * 0.9
+
+
 class X0Oracle:
     """A "model" that knows the clean image x0 and returns the exact noise for any x_t."""
 

@@ -99,7 +99,6 @@ def test_each_lever_changes_exactly_one_setting_of_the_default():
     import dataclasses
 
     import levers
-    import train
 
     def settings(flags):
         cfg = Config.from_args(train_parser().parse_args(flags))

@@ -6,14 +6,7 @@ import torch
 from config import ModelConfig
 from diffusion import GaussianDiffusion
 from dit import DiT
-from helpers import X0Oracle
-
-
-class RandomEps:
-    """A "model" whose output depends on its inputs: a fixed smooth function of x and t."""
-
-    def forward_with_cfg(self, x, t, y, cfg_scale):
-        return torch.tanh(0.7 * x + 0.001 * t.float().reshape(-1, 1, 1, 1)) * 0.9
+from helpers import SmoothEps, X0Oracle, linear_schedule
 
 
 @pytest.fixture
@@ -97,7 +90,7 @@ def test_ddim_eta1_all_steps_uses_ddpm_posterior_variance(diffusion):
 def test_ddim_eta1_all_steps_follows_ddpm_trajectory(diffusion):
     # With the same noise, DDIM over all T steps with eta = 1 and DDPM ancestral sampling are the
     # same Markov chain: same posterior mean and variance at every step, so the same trajectory.
-    model = RandomEps()
+    model = SmoothEps()
     y = torch.zeros(3, dtype=torch.long)
     shape = (3, 1, 6, 6)
     _, ddpm, _ = diffusion.sample(model, shape, y, sampler="ddpm", return_intermediates=True,
@@ -109,6 +102,91 @@ def test_ddim_eta1_all_steps_follows_ddpm_trajectory(diffusion):
     ddim0 = diffusion.sample(model, shape, y, sampler="ddim", steps=1000, eta=0.0,
                              generator=torch.Generator().manual_seed(7))
     assert (ddpm[-1] - ddim0).abs().max() > 1e-2  # and eta really matters
+
+
+# ---------------------------------------------------------------- one step against the paper
+
+def smooth_eps(x_t, t):
+    """A noise prediction that depends on x_t and t: SmoothEps's, for one batch at timestep t."""
+    return SmoothEps().forward_with_cfg(x_t, torch.full((x_t.shape[0],), t), None, 1.0)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 10, 500, 998, 999])
+def test_ddpm_step_is_algorithm_2(diffusion, t):
+    """Without clipping, one DDPM step is Algorithm 2, line 4, written out here from the paper:
+    x_{t-1} = 1 / sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) + sigma_t z with
+    sigma_t^2 = beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) beta_t, and z = 0 at the
+    last step. The same z: a float64 normal draw from the same seed."""
+    betas, alphas, a = linear_schedule()
+    x_t = torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+    eps = smooth_eps(x_t, t)
+    x_prev, x0_pred = diffusion.ddpm_step(x_t, t, eps, torch.Generator().manual_seed(99),
+                                          clip_denoised=False)
+    mean = (x_t - betas[t] / (1 - a[t]).sqrt() * eps) / alphas[t].sqrt()
+    if t > 0:
+        beta_tilde = (1 - a[t - 1]) / (1 - a[t]) * betas[t]
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+        expected = mean + beta_tilde.sqrt() * z
+    else:
+        expected = mean
+    assert (x_prev - expected).abs().max() < 1e-6
+    assert torch.allclose(x0_pred, (x_t - (1 - a[t]).sqrt() * eps) / a[t].sqrt(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1, 300, 999])
+def test_ddpm_step_with_clipping_is_the_posterior_mean_of_the_clipped_x0(diffusion, t):
+    """With clipping, the step is DDPM Eq. 7's posterior mean around the clipped prediction,
+    mu = sqrt(a_{t-1}) beta_t / (1 - a_t) clip(x0) + sqrt(alpha_t) (1 - a_{t-1}) / (1 - a_t) x_t,
+    plus sqrt(beta-tilde_t) z; at these t some predictions lie outside [-1, 1]."""
+    betas, alphas, a = linear_schedule()
+    x_t = 2 * torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(t),
+                          dtype=torch.float64)
+    eps = smooth_eps(x_t, t)
+    x_prev, x0_pred = diffusion.ddpm_step(x_t, t, eps, torch.Generator().manual_seed(5))
+    x0 = (x_t - (1 - a[t]).sqrt() * eps) / a[t].sqrt()
+    assert (x0.abs() > 1).any() and torch.allclose(x0_pred, x0.clamp(-1, 1), rtol=1e-5)
+    mean = (a[t - 1].sqrt() * betas[t] / (1 - a[t]) * x0.clamp(-1, 1)
+            + alphas[t].sqrt() * (1 - a[t - 1]) / (1 - a[t]) * x_t)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = mean + ((1 - a[t - 1]) / (1 - a[t]) * betas[t]).sqrt() * z
+    assert (x_prev - expected).abs().max() < 1e-6
+
+
+def ddim_reference(x_t, t, t_prev, eps, eta, z, a, clip):
+    """DDIM Eq. 12 with Eq. 16's sigma, written out from the paper (a = alpha-bar, 1 past the
+    last step). With clipping, x0 is clipped and eps replaced by the noise that gives x_t from
+    the clipped x0 (the same update with the prediction brought back to the data range)."""
+    a_t = a[t]
+    a_prev = a[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=a.dtype)
+    sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # "predicted x_0"
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * z, x0, sigma
+
+
+@pytest.mark.parametrize("t, t_prev, eta", [(999, 899, 0.0), (700, 500, 0.5), (500, 499, 1.0),
+                                            (300, 100, 1.0), (120, 40, 0.3), (40, -1, 0.7)])
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_step_is_eq_12_with_eq_16_sigma(diffusion, t, t_prev, eta, clip):
+    """One DDIM step, strided (t_prev < t - 1) or not, deterministic or with noise, equals Eq. 12
+    with sigma from Eq. 16, written out independently; the same z from the same seed."""
+    a = linear_schedule()[2]
+    x_t = 1.5 * torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(t),
+                            dtype=torch.float64)
+    eps = smooth_eps(x_t, t)
+    x_prev, x0_pred = diffusion.ddim_step(x_t, t, t_prev, eps, eta,
+                                          torch.Generator().manual_seed(11), clip_denoised=clip)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    expected, x0, sigma = ddim_reference(x_t, t, t_prev, eps, eta, z, a, clip)
+    assert diffusion.ddim_sigma(t, t_prev, eta) == pytest.approx(sigma.item(), rel=1e-5, abs=1e-12)
+    assert torch.allclose(x0_pred, x0, rtol=1e-5, atol=1e-6)
+    assert (x_prev - expected).abs().max() < 1e-5
+    if clip and t > 100:
+        assert (x0.abs() == 1).any(), "the case must exercise the clipping"
 
 
 def test_sample_with_dit_guidance(diffusion):

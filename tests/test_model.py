@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from config import ModelConfig, get_preset
-from dit import DiT, patchify, sincos_pos_embed_2d, unpatchify
-from dit_block import DiTBlock
+from dit import DiT, FinalLayer, LabelEmbedder, patchify, sincos_pos_embed_2d, unpatchify
+from dit_block import DiTBlock, modulate
 from time_emb import TimestepEmbedder, timestep_embedding
 
 
@@ -78,6 +78,43 @@ def test_trained_block_is_not_identity():
     block = randomize(DiTBlock(32, 4))
     x = torch.randn(2, 10, 32)
     assert not torch.allclose(block(x, torch.randn(2, 32)), x)
+
+
+def test_modulate_is_scale_around_one_plus_shift():
+    """modulate(h, shift, scale) = h (1 + scale) + shift, per image and feature, on every token."""
+    h = torch.tensor([[[1.0, 2.0], [3.0, -1.0]]])  # (B, N, D) = (1, 2, 2)
+    shift, scale = torch.tensor([[0.5, -1.0]]), torch.tensor([[2.0, 0.0]])
+    assert torch.equal(modulate(h, shift, scale), torch.tensor([[[3.5, 1.0], [9.5, -2.0]]]))
+
+
+def layer_norm(x):
+    """LayerNorm without learned scale and shift (eps 1e-6 as in DiT)."""
+    return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+
+
+def test_dit_block_matches_adaln_zero_formula():
+    """A block with non-zero weights computes the paper's adaLN block, written out here:
+    (shift, scale, gate) x 2 = Linear(SiLU(c)), then x + gate * Attn(LN(x) (1 + scale) + shift)
+    and the same with the MLP (attention and MLP used as the block's own sub-modules)."""
+    block = randomize(DiTBlock(32, num_heads=4)).double()
+    x, c = torch.randn(2, 5, 32, dtype=torch.float64), torch.randn(2, 32, dtype=torch.float64)
+    linear = block.adaLN_modulation[-1]
+    mod = torch.nn.functional.silu(c) @ linear.weight.T + linear.bias  # (B, 6 D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = [m[:, None, :] for m in mod.split(32, dim=1)]
+    h = x + gate1 * block.attn(layer_norm(x) * (1 + scale1) + shift1)
+    expected = h + gate2 * block.mlp(layer_norm(h) * (1 + scale2) + shift2)
+    assert torch.allclose(block(x, c), expected, atol=1e-10)
+
+
+def test_final_layer_matches_formula():
+    """The final layer: Linear(LN(x) (1 + scale) + shift) with (shift, scale) = Linear(SiLU(c))."""
+    layer = randomize(FinalLayer(32, patch_size=2, out_channels=1)).double()
+    x, c = torch.randn(2, 5, 32, dtype=torch.float64), torch.randn(2, 32, dtype=torch.float64)
+    linear = layer.adaLN_modulation[-1]
+    mod = torch.nn.functional.silu(c) @ linear.weight.T + linear.bias  # (B, 2 D)
+    shift, scale = mod[:, None, :32], mod[:, None, 32:]
+    expected = (layer_norm(x) * (1 + scale) + shift) @ layer.linear.weight.T + layer.linear.bias
+    assert torch.allclose(layer(x, c), expected, atol=1e-10)
 
 
 def test_attention_matches_softmax_formula():
@@ -179,6 +216,44 @@ def test_label_dropout_only_in_training():
     assert torch.allclose(model(x, t, y), model(x, t, null))  # every label dropped
     model.eval()
     assert not torch.allclose(model(x, t, y), model(x, t, null))
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 2.5])
+def test_guidance_equals_formula_from_two_separate_passes(s):
+    """Classifier-free guidance on a DiT with non-zero weights is eps_null + s (eps_y - eps_null),
+    with eps_y and eps_null from two separate forward passes: each row is guided by its own label
+    (distinct labels and timesteps per row, so a swapped half or row shows)."""
+    model = randomize(small_model()).eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 1, 28, 28, generator=g)
+    t, y = torch.tensor([3, 250, 600, 999]), torch.tensor([7, 0, 9, 2])
+    with torch.no_grad():
+        eps_y, eps_null = model(x, t, y), model(x, t, torch.full_like(y, 10))
+        guided = model.forward_with_cfg(x, t, y, s)
+    expected = eps_null + s * (eps_y - eps_null)
+    assert (eps_y - eps_null).abs().max() > 0.1  # the label matters, so a wrong mix would show
+    assert (guided - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_labels_are_dropped_at_the_configured_rate(p):
+    """In training mode each label becomes the null label (row num_classes of the table) with
+    probability class_dropout_prob, evenly over the classes; kept labels use their own row; in
+    eval mode nothing is dropped. Rows are told apart by making row k the k-th unit vector."""
+    emb = LabelEmbedder(num_classes=10, hidden_size=11, dropout_prob=p)
+    with torch.no_grad():
+        emb.embedding_table.weight.copy_(torch.eye(11))
+    n = 20_000
+    y = torch.arange(n) % 10
+    torch.manual_seed(0)
+    rows = emb.train()(y).argmax(dim=1)
+    dropped = rows == 10
+    assert torch.equal(rows[~dropped], y[~dropped])
+    share, se = dropped.float().mean().item(), (p * (1 - p) / n) ** 0.5
+    assert abs(share - p) < 4 * se, (share, p)
+    for k in range(10):  # each class alone: n / 10 labels, so 4 standard errors of that size
+        assert abs(dropped[y == k].float().mean().item() - p) < 4 * (p * (1 - p) / (n / 10)) ** 0.5
+    assert torch.equal(emb.eval()(y).argmax(dim=1), y)
 
 
 def test_presets_build_and_roundtrip():

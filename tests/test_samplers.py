@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusion import SAMPLERS, GaussianDiffusion
-from helpers import X0Oracle
+from helpers import SmoothEps, X0Oracle, linear_schedule
 
 FAST_SAMPLERS = [s for s in SAMPLERS if s != "ddpm"]
 
@@ -33,6 +33,8 @@ class GaussianOracle:
 
 @pytest.mark.parametrize("sampler, steps", [(s, n) for s in FAST_SAMPLERS for n in [1, 2, 5, 20, 100]]
                          + [("ddpm", 1000)])
+
+
 def test_oracle_x0_is_returned_exactly(diffusion, sampler, steps):
     g = torch.Generator().manual_seed(steps)
     x0 = torch.rand(3, 1, 28, 28, generator=g) * 2 - 1
@@ -130,3 +132,150 @@ def test_intermediates(diffusion, sampler):
 def test_unknown_sampler(diffusion):
     with pytest.raises(ValueError, match="unknown sampler"):
         diffusion.sample(None, (1, 1, 2, 2), torch.zeros(1, dtype=torch.long), sampler="euler")
+
+
+# ---------------------------------------------------------------- every step, not only the last
+
+@pytest.mark.parametrize("sampler, steps", [(s, n) for s in FAST_SAMPLERS for n in [1, 2, 7, 20]])
+def test_every_state_lies_on_the_oracle_path(diffusion, sampler, steps):
+    """With the x0 oracle the solution of the probability-flow ODE is known in closed form: it keeps
+    the noise eps_T implied by x_T, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps_T (a = alpha-bar). A
+    deterministic sampler must be on that path at the timestep of every state, and every step must
+    predict x0 itself, not only the last: an error in an early step that a later one cancels, or a
+    state paired with the wrong timestep, shows here."""
+    g = torch.Generator().manual_seed(steps)
+    x0 = (torch.rand(2, 1, 6, 6, generator=g, dtype=torch.float64) * 2 - 1) * 0.95
+    _, states, x0_preds = diffusion.sample(X0Oracle(diffusion, x0), x0.shape,
+                                           torch.zeros(2, dtype=torch.long), sampler=sampler,
+                                           steps=steps, eta=0.0, generator=g,
+                                           return_intermediates=True)
+    a = linear_schedule()[2]
+    ts = diffusion.sampler_timesteps(sampler, steps)
+    assert states.shape[0] == len(ts) + 1 and x0_preds.shape[0] == len(ts)
+    eps_T = (states[0].double() - a[999].sqrt() * x0) / (1 - a[999]).sqrt()
+    for k, t in enumerate(ts):
+        on_path = a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps_T
+        assert (states[k] - on_path).abs().max() < 1e-5, f"state {k} (t = {t}) is off the path"
+        assert (x0_preds[k] - x0).abs().max() < 1e-5, f"step {k} (t = {t}) mispredicts x0"
+    assert (states[-1] - x0).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 1.0), ("ddim", 1.0), ("ddim", 0.4)])
+def test_stochastic_samplers_predict_x0_at_every_step(diffusion, sampler, eta):
+    """With fresh noise the states leave the ODE path, but the oracle still knows x0 exactly, so
+    the clean image every step aims at must be x0: the x0 formula and its timestep are right at
+    every one of the steps, with any noise the step added before."""
+    g = torch.Generator().manual_seed(3)
+    x0 = (torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1) * 0.95
+    x, _, x0_preds = diffusion.sample(X0Oracle(diffusion, x0), x0.shape,
+                                      torch.zeros(2, dtype=torch.long), sampler=sampler, steps=10,
+                                      eta=eta, generator=g, return_intermediates=True)
+    assert x0_preds.shape[0] == (1000 if sampler == "ddpm" else 10)
+    assert (x0_preds - x0).abs().max() < 1e-4
+    assert (x - x0).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------- the multistep formulas
+
+def eps_at(model, x, t):
+    return model.forward_with_cfg(x, torch.full((x.shape[0],), t), None, 1.0)
+
+
+def plms_reference(model, x_T, ts, a):
+    """PLMS written out from PNDM (Liu et al. 2022): the transfer phi of Eq. 11 (the deterministic
+    DDIM update) fed with e' from the linear multistep formulas of Eq. 12, a pseudo improved-Euler
+    step first (as in the latent-diffusion code). Returns every state, x_T first."""
+
+    def transfer(x, t, t_next, e):
+        a_t, a_next = a[t], (a[t_next] if t_next >= 0 else torch.tensor(1.0, dtype=a.dtype))
+        return a_next.sqrt() * (x - (1 - a_t).sqrt() * e) / a_t.sqrt() + (1 - a_next).sqrt() * e
+
+    x, history, states = x_T, [], [x_T]  # history: the raw predictions, most recent first
+    for t, t_next in zip(ts, ts[1:] + [-1]):
+        e = eps_at(model, x, t)
+        if not history:
+            if t_next < 0:  # a single-step run
+                e_prime = e
+            else:  # pseudo improved Euler: average with the prediction where the step lands
+                e_prime = (e + eps_at(model, transfer(x, t, t_next, e), t_next)) / 2
+        elif len(history) == 1:
+            e_prime = (3 * e - history[0]) / 2
+        elif len(history) == 2:
+            e_prime = (23 * e - 16 * history[0] + 5 * history[1]) / 12
+        else:
+            e_prime = (55 * e - 59 * history[0] + 37 * history[1] - 9 * history[2]) / 24
+        x = transfer(x, t, t_next, e_prime)
+        history = [e] + history
+        states.append(x)
+    return states
+
+
+def dpm_solver_2m_reference(model, x_T, ts, a):
+    """DPM-Solver++(2M) written out from Lu et al. 2022 ("DPM-Solver++"), Algorithm 2, with
+    alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t); the last
+    timestep is followed by the jump to alpha-bar = 1, where x_0 is the data prediction itself.
+    Returns every state (x_T first) and every data prediction."""
+    alpha, sigma = a.sqrt(), (1 - a).sqrt()
+    lam = torch.log(alpha / sigma)
+    x, states, preds, prev = x_T, [x_T], [], None
+    for i, t in enumerate(ts):
+        x0_t = (x - sigma[t] * eps_at(model, x, t)) / alpha[t]  # x_theta(x_t, t)
+        preds.append(x0_t)
+        if i == len(ts) - 1:
+            x = x0_t
+        else:
+            s = ts[i + 1]
+            h = lam[s] - lam[t]
+            if prev is None:  # line 3: the first step is first order
+                D = x0_t
+            else:  # lines 5-7: r_i = h_{i-1} / h_i
+                x0_prev, h_prev = prev
+                r = h_prev / h
+                D = (1 + 1 / (2 * r)) * x0_t - 1 / (2 * r) * x0_prev
+            x = sigma[s] / sigma[t] * x - alpha[s] * (torch.exp(-h) - 1) * D
+            prev = (x0_t, h)
+        states.append(x)
+    return states, preds
+
+
+class UnevenSteps(GaussianDiffusion):
+    """The same schedule, sampled at timesteps whose log-SNR gaps differ a lot (ratios r from 0.2
+    to 6), so that a multistep formula that mixes up r and 1 / r cannot hide behind r = 1."""
+
+    def sampler_timesteps(self, sampler, steps):
+        return [999, 700, 640, 300, 60, 0]
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_plms_matches_pndm_formulas_on_a_smooth_model(diffusion, steps):
+    """Every state of PLMS equals PNDM's update written out independently, on a model whose
+    predictions change from step to step (the oracle gives the same eps at every step, so it
+    cannot tell Adams-Bashforth coefficients that sum to 1 apart)."""
+    model = SmoothEps()
+    _, states, _ = diffusion.sample(model, (2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                                    sampler="plms", steps=steps,
+                                    generator=torch.Generator().manual_seed(1),
+                                    clip_denoised=False, return_intermediates=True)
+    ts = diffusion.sampler_timesteps("plms", steps)
+    expected = plms_reference(model, states[0].double(), ts, linear_schedule()[2])
+    for k, want in enumerate(expected):
+        assert (states[k] - want).abs().max() < 1e-5 * (1 + want.abs().max()), f"state {k}"
+
+
+@pytest.mark.parametrize("schedule", [GaussianDiffusion, UnevenSteps])
+def test_dpm_solver_pp_matches_algorithm_2_on_a_smooth_model(schedule):
+    """Every state and data prediction of DPM-Solver++ equals DPM-Solver++(2M) written out from
+    the paper, first-order first step, second-order steps and the final jump, on the sampler's
+    own log-SNR timesteps and on uneven ones."""
+    diffusion, model = schedule(), SmoothEps()
+    _, states, x0_preds = diffusion.sample(model, (2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                                           sampler="dpm-solver++", steps=6,
+                                           generator=torch.Generator().manual_seed(2),
+                                           clip_denoised=False, return_intermediates=True)
+    ts = diffusion.sampler_timesteps("dpm-solver++", 6)
+    want_states, want_preds = dpm_solver_2m_reference(model, states[0].double(), ts,
+                                                      linear_schedule()[2])
+    for k, want in enumerate(want_states):
+        assert (states[k] - want).abs().max() < 1e-5 * (1 + want.abs().max()), f"state {k}"
+    for k, want in enumerate(want_preds):
+        assert (x0_preds[k] - want).abs().max() < 1e-5 * (1 + want.abs().max()), f"x0 of step {k}"
