@@ -116,7 +116,7 @@ class GaussianDiffusion:
         """Per-image losses (B,) times min(SNR_t, gamma) / SNR_t; unchanged for gamma = 0."""
         if gamma <= 0:
             return mse
-        snr = self.snr.to(t.device)[t]  # (B,)
+        snr = self._gather(self.snr, t, mse)  # (B,)
         return mse * snr.clamp(max=gamma) / snr
 
     @torch.no_grad()

@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> None:
     drawn = []
 
     if "forward" in wanted:
-        save_forward_process(diffusion, x0, get_preset("cpu").train.min_snr_gamma,
-                             out / "forward.png")
+        save_forward_process(diffusion, x0, cfg.train.min_snr_gamma, out / "forward.png")
         drawn.append("forward.png")
     if "tokens" in wanted:
         save_tokens(x0, cfg.model.patch_size, cfg.model.hidden_size, out / "tokens.png")

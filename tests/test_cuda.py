@@ -32,10 +32,7 @@ class FixedDraws(GaussianDiffusion):
         t, noise = self.t.to(x0.device), self.noise.to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         mse = (model(x_t, t, y).float() - noise).pow(2).mean(dim=(1, 2, 3))
-        if min_snr_gamma > 0:
-            snr = self._gather(self.snr, t, x0).reshape(-1)
-            mse = mse * snr.clamp(max=min_snr_gamma) / snr
-        return mse.mean()
+        return self._min_snr_weighted(mse, t, min_snr_gamma).mean()
 
 
 def tiny_model_with_signal() -> DiT:
