@@ -8,6 +8,10 @@ both of its sample scripts). A checkpoint is a dict of tensors and plain Python 
     {"model", "ema": state dicts, "optimizer": its state dict, "config": Config.to_dict(),
      "step", "epoch", "train_seconds", "rng": one RNG state per process, "world_size", "bf16"}
 
+A latent model (the `latent` preset) also carries "autoencoder", the state dict of its first stage
+with the scale factor, so that its samples can be decoded to pixels (`load_autoencoder`); the
+autoencoder alone, as train.py saves it to reuse, is {"autoencoder", "config", "seconds"}.
+
 The shipped weights (`ship_weights`, pretrained/model.pth) keep only {"ema" in half precision,
 "config", "step", "source"}: enough to sample. Either way `torch.load(..., weights_only=True)`
 reads it without running any pickled code, and the model
@@ -18,6 +22,7 @@ retypes a hyperparameter.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import pickle
@@ -27,7 +32,8 @@ from typing import Callable
 
 import torch
 
-from config import AMP_CHOICES, Config, UserError
+from autoencoder import Autoencoder
+from config import AMP_CHOICES, AutoencoderConfig, Config, UserError
 from dit import DiT
 
 
@@ -139,6 +145,49 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     return model.to(device).eval(), cfg
 
 
+def load_autoencoder(path: str | Path, cfg: Config,
+                     device: torch.device | str = "cpu") -> Autoencoder | None:
+    """The autoencoder that decodes a latent model's samples, from the model's checkpoint, in
+    eval mode; None for a model of pixels. A latent checkpoint without it, or with weights that
+    do not fit its config, is a UserError."""
+    if cfg.autoencoder is None:
+        return None
+    ckpt = read_checkpoint(path)
+    if "autoencoder" not in ckpt:
+        raise UserError(f"{path} is a latent model but holds no autoencoder to decode its samples: "
+                        "it is damaged or was written by another version; retrain it with "
+                        "python train.py --preset latent")
+    autoencoder = Autoencoder(cfg.autoencoder)
+    load_weights(autoencoder, ckpt["autoencoder"], path)
+    return autoencoder.to(device).eval()
+
+
+def save_autoencoder(path: str | Path, autoencoder: Autoencoder, seconds: float) -> None:
+    """A finished first stage on its own, for a later latent run to reuse (train.py)."""
+    save_checkpoint(path, {"autoencoder": autoencoder.state_dict(),
+                           "config": dataclasses.asdict(autoencoder.cfg), "seconds": seconds})
+
+
+def read_autoencoder(path: str | Path, cfg: AutoencoderConfig) -> tuple[Autoencoder, float]:
+    """An autoencoder saved by `save_autoencoder`, checked against the config it must have;
+    returns it (eval mode) and the seconds its training took."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no autoencoder at {path}: drop --autoencoder to train one")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved_cfg = AutoencoderConfig(**saved["config"])
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated, or not an autoencoder file
+        raise UserError(f"{path} is not a readable autoencoder ({type(e).__name__}): delete it "
+                        "to train a new one") from None
+    if saved_cfg != cfg:
+        raise UserError(f"{path} was trained with other settings ({saved_cfg}) than this run's "
+                        f"({cfg}): delete it or pass --overwrite to train a new one")
+    autoencoder = Autoencoder(cfg)
+    load_weights(autoencoder, saved["autoencoder"], path)
+    return autoencoder.eval(), float(saved.get("seconds", 0.0))
+
+
 def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
     """The EMA weights of a training checkpoint in half precision, with its config and step and a
     note of where they came from (`source`: the commit and command), written atomically to `out`:
@@ -148,6 +197,8 @@ def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
     checkpoint_config(ckpt, path)  # refuse a config this code cannot read
     shipped = {"ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()},
                "config": ckpt["config"], "step": ckpt["step"], "source": source}
+    if "autoencoder" in ckpt:  # a latent model's decoder, kept in float32
+        shipped["autoencoder"] = ckpt["autoencoder"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, shipped)
     return shipped

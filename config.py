@@ -148,6 +148,33 @@ class TrainConfig:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
 
+@dataclass
+class AutoencoderConfig:
+    """The first stage of the `latent` preset (autoencoder.py): a KL autoencoder whose latents
+    the DiT denoises instead of pixels."""
+    latent_channels: int = 4  # C of the C x 8 x 8 latent: 4 x 64 = 256 numbers for 784 pixels,
+    #                           a real compression (benchmarks/README.md, "Latent DiT", the shapes)
+    channels: int = 32  # convolution width at 16 x 16 (twice that at 8 x 8): enough to
+    #                     reconstruct digits, cheap enough to train in about a CPU minute
+    kl_weight: float = 1e-3  # small: the latent must keep the digit's detail (a weight near 1
+    #                          blurs the reconstructions), but not 0, which lets the latents
+    #                          spread to any scale and their noise vanish, so that nearby
+    #                          latents need not decode to nearby digits (benchmarks/README.md)
+    epochs: int = 1  # passes over the 60,000 digits
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW, decayed along a half cosine
+
+    def __post_init__(self) -> None:
+        for name in ["latent_channels", "channels", "epochs", "batch_size"]:
+            if getattr(self, name) <= 0:
+                raise UserError(f"autoencoder {name} must be positive, got {getattr(self, name)}")
+        if self.channels % 8 != 0:  # GroupNorm with 8 groups
+            raise UserError(f"autoencoder channels must be a multiple of 8, got {self.channels}")
+        if not (self.kl_weight >= 0 and self.lr > 0):
+            raise UserError(f"autoencoder kl_weight must be 0 or more and lr positive, got "
+                            f"{self.kl_weight} and {self.lr}")
+
+
 SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # the samplers of diffusion.py
 
 
@@ -172,6 +199,8 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # None for a model of pixels; the latent preset's first stage otherwise (autoencoder.py)
+    autoencoder: AutoencoderConfig | None = None
     preset: str = "cpu"  # the name of the preset this config started from (for logs only)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +216,8 @@ class Config:
         for key, value in d.items():
             if key in sections:
                 kwargs[key] = sections[key](**value)
+            elif key == "autoencoder":
+                kwargs[key] = None if value is None else AutoencoderConfig(**value)
             elif key == "preset":
                 kwargs[key] = value
             else:
@@ -210,6 +241,9 @@ class Config:
                                 "with another --out-dir")
             setattr(section, name, value)
         cfg.model.__post_init__()  # re-check the model's sizes after the overrides
+        if cfg.autoencoder is not None and cfg.model.in_channels != cfg.autoencoder.latent_channels:
+            raise UserError(f"the DiT takes {cfg.model.in_channels} channels but the autoencoder "
+                            f"gives {cfg.autoencoder.latent_channels}: they must be equal")
         if not 0 <= cfg.model.class_dropout_prob < 1:  # 1 would never train the labels
             raise UserError(f"--class-dropout-prob must be in [0, 1), got "
                             f"{cfg.model.class_dropout_prob}")
@@ -243,7 +277,25 @@ def _preset_gpu() -> Config:
     )
 
 
-PRESETS = {"tiny": _preset_tiny, "cpu": _preset_cpu, "gpu": _preset_gpu}
+def _preset_latent() -> Config:
+    # DiT as the paper runs it: the same DiT, denoising the 4 x 8 x 8 latents of a small
+    # autoencoder (autoencoder.py) instead of pixels. Patch 2, DiT-XL/2's patch, cuts the latent
+    # into 4 x 4 = 16 tokens, as many as the pixel default's 7 x 7 patches: the transformer costs
+    # the same per image, and what differs is the space it works in (README, "Why DiT works in a
+    # latent space"). 12 epochs, not 16: the autoencoder's training and the encoding take about
+    # what 4 epochs of the DiT take, so the whole run fits the pixel default's wall time.
+    # Guidance 1.4: on a 14-epoch trial run, 1.35 was the least that kept class accuracy at 0.98
+    # and 1.6 cost 2x in MNIST-FD (benchmarks/README.md, "Latent DiT"); 1.4 leaves a margin.
+    return Config(
+        model=ModelConfig(image_size=8, in_channels=4, patch_size=2),
+        autoencoder=AutoencoderConfig(),
+        train=TrainConfig(epochs=12),
+        sample=SampleConfig(cfg_scale=1.4),
+        preset="latent",
+    )
+
+
+PRESETS = {"tiny": _preset_tiny, "cpu": _preset_cpu, "gpu": _preset_gpu, "latent": _preset_latent}
 
 
 def get_preset(name: str) -> Config:
@@ -280,7 +332,7 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "checkpoint_every": "steps between checkpoints",
 }
 MODEL_FLAGS = {  # field of ModelConfig -> help
-    "patch_size": "pixels per patch side (28 / p tokens per side)",
+    "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset latent)",
     "hidden_size": "token width D",
     "depth": "number of DiT blocks",
     "num_heads": "attention heads (must divide the width)",
@@ -299,11 +351,15 @@ def train_parser() -> argparse.ArgumentParser:
     """train.py's command line: where the run goes and how it runs, then the preset and its
     overrides (add_override_flags)."""
     p = argparse.ArgumentParser(description="Train a class-conditional DiT on MNIST.")
-    p.add_argument("--out-dir", default="runs/default",
-                   help="where model.pth, samples/, loss.png and log.csv go (default: %(default)s)")
+    p.add_argument("--out-dir", default=None,
+                   help="where model.pth, samples/, loss.png and log.csv go (default: "
+                        "runs/default, or runs/latent for --preset latent)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding MNIST/raw/ (default: $DIT_DATA_DIR or ./data)")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/model.pth")
+    p.add_argument("--autoencoder", default=None,
+                   help="--preset latent: reuse this finished autoencoder.pth (default: the one "
+                        "in <out-dir> if there is one, else train a new one there)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if <out-dir>/model.pth exists")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")

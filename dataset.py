@@ -87,7 +87,9 @@ class InMemoryBatches:
                  world_size: int = 1):
         if len(images) == 0:
             raise UserError("the training set is empty: check --data-dir")
-        self.images = images.to(device)  # uint8 (N, 28, 28): 47 MB for all of MNIST
+        # uint8 digits (N, 28, 28): 47 MB for all of MNIST; or the latent preset's float latents
+        # (N, C, h, w), already in the range the model sees
+        self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -101,8 +103,8 @@ class InMemoryBatches:
         return self.per_rank // self.batch_size
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) with x float (B, 1, 28, 28) in [-1, 1] and y int64 (B,), skipping the
-        first `skip` batches (to resume in the middle of an epoch)."""
+        """Yield (x, y) with x float (B, 1, 28, 28) in [-1, 1] (or (B, C, h, w) latents) and y
+        int64 (B,), skipping the first `skip` batches (to resume in the middle of an epoch)."""
         # 1,000,003 is a prime larger than any epoch count: distinct (seed, epoch) pairs never
         # give the same generator seed.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -111,7 +113,8 @@ class InMemoryBatches:
         order = order.to(self.images.device)
         for i in range(skip, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield to_model_range(self.images[idx]), self.labels[idx]
+            x = self.images[idx]
+            yield (to_model_range(x) if x.dtype == torch.uint8 else x), self.labels[idx]
 
     def stream(self, step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of optimiser steps step, step + 1, ... epoch after epoch, without end: a

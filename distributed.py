@@ -55,6 +55,12 @@ def setup_processes(device_flag: str | None) -> Processes:
     return Processes(device, rank, world_size)
 
 
+def barrier(procs: Processes) -> None:
+    """Wait until every process gets here (while the first one writes a file the others read)."""
+    if procs.world_size > 1:
+        dist.barrier()
+
+
 def teardown_processes() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

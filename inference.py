@@ -9,8 +9,10 @@
     python inference.py --num-per-class 100 --out-dir images/fake   # 1,000 PNGs for fid_computer.py
 
 The model is rebuilt from the config stored in the checkpoint (checkpoint.py), with the EMA
-weights (they give cleaner samples than the raw weights; DiT section 4). Sampling itself is in
-diffusion.py and the pictures in pictures.py; this file reads the flags and writes the files.
+weights (they give cleaner samples than the raw weights; DiT section 4). A latent model
+(`train.py --preset latent`) samples latents, and the autoencoder stored in its checkpoint turns
+them into pixels, so every flag works the same for it. Sampling itself is in diffusion.py and the
+pictures in pictures.py; this file reads the flags and writes the files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from checkpoint import load_model, out_of_memory_as_error, use_bf16
+from autoencoder import Autoencoder
+from checkpoint import load_autoencoder, load_model, out_of_memory_as_error, use_bf16
 from config import (AMP_CHOICES, SAMPLERS, Config, UserError, apply_sampling_flags, pick_device,
                     run_reporting_user_errors)
 from dataset import LABELLED_NAME, labelled_file_name, to_uint8
@@ -40,7 +43,8 @@ DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes 
 
 def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
                        out_dir: str | Path, device, batch_size: int = 500, seed: int = 0,
-                       bf16: bool = False, progress: bool = True) -> list[Path]:
+                       bf16: bool = False, progress: bool = True,
+                       autoencoder: Autoencoder | None = None) -> list[Path]:
     """Write per_class images of every digit as 28 x 28 grayscale PNGs named <index>_<label>.png.
 
     The images go into a hidden sibling folder that replaces out_dir only when it is complete:
@@ -65,7 +69,8 @@ def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, pe
     with tqdm(total=len(labels), desc="images", unit="img", disable=not progress) as bar:
         for start in range(0, len(labels), batch_size):
             batch = labels[start : start + batch_size].to(device)
-            pixels = to_uint8(generate(model, diffusion, batch, cfg, generator, bf16)).cpu()
+            pixels = to_uint8(generate(model, diffusion, batch, cfg, generator, bf16,
+                                       autoencoder=autoencoder)).cpu()
             for i, (img, label) in enumerate(zip(pixels, batch.tolist())):  # img (1, 28, 28)
                 names.append(labelled_file_name(start + i, label))
                 Image.fromarray(img[0].numpy()).save(partial / names[-1])
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
+    autoencoder = load_autoencoder(args.checkpoint, cfg, device)  # None for a model of pixels
     apply_sampling_flags(cfg, args.sampler, args.steps, args.eta, args.cfg_scale, args.labels)
     s = cfg.sample
     if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> None:
     bf16 = use_bf16(args.amp, device)
     steps_text = f"{cfg.diffusion.num_timesteps}" if s.sampler == "ddpm" else f"{s.steps}"
     print(f"device: {device} | {s.sampler} with {steps_text} steps, eta {s.eta}, "
-          f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}")
+          f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}"
+          + (" | latent model, decoded by its autoencoder" if autoencoder is not None else ""))
     ckpt_dir = Path(args.checkpoint).parent
     digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
 
@@ -128,23 +135,25 @@ def run(args: argparse.Namespace) -> None:
                 raise UserError("--num-per-class writes image files only: drop --trajectory, "
                                 "--guidance-strip and --output, or run them separately")
             paths = write_class_images(model, diffusion, cfg, args.num_per_class, args.out_dir,
-                                       device, args.batch_size, args.seed, bf16)
+                                       device, args.batch_size, args.seed, bf16,
+                                       autoencoder=autoencoder)
             print(f"wrote {len(paths)} images to {args.out_dir}")
             return
         g = torch.Generator(device).manual_seed(args.seed)
-        grid = sample_grid(model, diffusion, cfg, digits, args.per_row, g, bf16)
+        grid = sample_grid(model, diffusion, cfg, digits, args.per_row, g, bf16, autoencoder)
         out = Path(args.output) if args.output else ckpt_dir / "grid.png"
         save_grid(grid, out, nrow=args.per_row)
         print(f"grid ({len(digits)} rows x {args.per_row}): {out}")
         if args.trajectory:
             g = torch.Generator(device).manual_seed(args.seed)
             panels = trajectory_panels(model, diffusion, cfg, torch.tensor(digits, device=device),
-                                       g, bf16)
+                                       g, bf16, autoencoder)
             path = ckpt_dir / "trajectory.png"
             save_trajectory(*panels, digits, path)
             print(f"trajectory: {path}")
         if args.guidance_strip:
-            strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16)
+            strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16,
+                                   autoencoder)
             path = ckpt_dir / "guidance.png"
             save_guidance_strip(strip, digits, GUIDANCE_SCALES, path)
             print(f"guidance strip (scales {', '.join(f'{x:g}' for x in GUIDANCE_SCALES)}): {path}")

@@ -30,26 +30,43 @@ def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
 
 def generate(model, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Config,
              generator: torch.Generator | None = None, bf16: bool = False,
-             return_intermediates: bool = False, progress: bool = False):
+             return_intermediates: bool = False, progress: bool = False, autoencoder=None):
     """Sample one image per label with the settings of cfg.sample, the network under bf16
     autocast if asked (checkpoint.use_bf16); values in [-1, 1]. With return_intermediates, also
-    the states and predicted clean images of every step (GaussianDiffusion.sample)."""
+    the states and predicted clean images of every step (GaussianDiffusion.sample).
+
+    A latent model (cfg.autoencoder set) samples latents and `autoencoder` decodes every one of
+    them, intermediates included, so that the caller gets pixels either way. Its x0-hat is not
+    clipped to [-1, 1]: that is the range of pixels, while unit-variance latents reach 3 and
+    beyond (DiT, too, samples its latents with clip_denoised=False)."""
     m, s = cfg.model, cfg.sample
+    latent = cfg.autoencoder is not None
+    if latent and autoencoder is None:
+        raise ValueError("a latent model samples latents: pass its autoencoder to decode them")
     shape = (len(labels), m.in_channels, m.image_size, m.image_size)
     with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return diffusion.sample(model, shape, labels, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                cfg_scale=s.cfg_scale, generator=generator,
-                                return_intermediates=return_intermediates, progress=progress)
+        out = diffusion.sample(model, shape, labels, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                               cfg_scale=s.cfg_scale, generator=generator, clip_denoised=not latent,
+                               return_intermediates=return_intermediates, progress=progress)
+    if not latent:
+        return out
+    if not return_intermediates:
+        return autoencoder.to_pixels(out)
+    x, states, x0_preds = out  # states (S + 1, B, C, h, w) and x0_preds (S, B, C, h, w), on the CPU
+    device = x.device
+    return (autoencoder.to_pixels(x),
+            *[autoencoder.to_pixels(z.flatten(0, 1).to(device)).cpu().unflatten(0, z.shape[:2])
+              for z in (states, x0_preds)])
 
 
 def sample_grid(model, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
                 per_row: int, generator: torch.Generator | None = None,
-                bf16: bool = False) -> torch.Tensor:
+                bf16: bool = False, autoencoder=None) -> torch.Tensor:
     """per_row samples of each digit in `digits`, digit-major: saved with nrow=per_row, row k
     shows digits[k]. Returns (len(digits) * per_row, C, H, W) on the model's device."""
     device = next(model.parameters()).device
     labels = torch.tensor(digits, device=device).repeat_interleave(per_row)  # 0, 0, ..., 1, 1, ...
-    return generate(model, diffusion, labels, cfg, generator, bf16)
+    return generate(model, diffusion, labels, cfg, generator, bf16, autoencoder=autoencoder)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
@@ -73,7 +90,7 @@ def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[in
 
 
 def trajectory_panels(model, diffusion: GaussianDiffusion, cfg: Config, labels: torch.Tensor,
-                      generator=None, bf16: bool = False):
+                      generator=None, bf16: bool = False, autoencoder=None):
     """Sample one image per label, keeping every state, and pick the states to show.
 
     Returns (states, x0_preds, titles): states and x0_preds (columns, B, C, H, W) on the CPU, where
@@ -81,8 +98,8 @@ def trajectory_panels(model, diffusion: GaussianDiffusion, cfg: Config, labels: 
     is the clean image the sampler predicted from it at that step, and the last column is the
     finished sample x_0, shown as its own prediction."""
     s = cfg.sample
-    _, states, x0_preds = generate(model, diffusion, labels, cfg, generator, bf16,
-                                   return_intermediates=True)  # (S + 1, ...) and (S, ...)
+    _, states, x0_preds = generate(model, diffusion, labels, cfg, generator, bf16,  # (S + 1, ...)
+                                   return_intermediates=True, autoencoder=autoencoder)  # (S, ...)
     timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # (S,): the level of state k
     cols = shown_columns(len(states))  # the last is S, the sample x_0
     titles = ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
@@ -117,7 +134,8 @@ GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0 = unconditional, 1 = plain cond
 
 
 def guidance_strip(model, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
-                   scales=GUIDANCE_SCALES, seed: int = 0, bf16: bool = False) -> torch.Tensor:
+                   scales=GUIDANCE_SCALES, seed: int = 0, bf16: bool = False,
+                   autoencoder=None) -> torch.Tensor:
     """Each digit sampled at each guidance scale from the same starting noise (the generator is
     seeded afresh for every scale), so that only the guidance differs between the columns.
     Returns (len(digits), len(scales), C, H, W) on the CPU, values in [-1, 1]."""
@@ -128,7 +146,8 @@ def guidance_strip(model, diffusion: GaussianDiffusion, cfg: Config, digits: lis
         scaled = copy.deepcopy(cfg)  # the caller's config stays as it was
         scaled.sample.cfg_scale = scale
         g = torch.Generator(device).manual_seed(seed)
-        columns.append(generate(model, diffusion, labels, scaled, g, bf16).cpu())
+        columns.append(generate(model, diffusion, labels, scaled, g, bf16,
+                                autoencoder=autoencoder).cpu())
     return torch.stack(columns, dim=1)
 
 
@@ -405,6 +424,50 @@ def save_gates_plot(rows: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ the latent space
+
+def save_reconstructions(x: torch.Tensor, recon: torch.Tensor, latent_shape: tuple,
+                         path: str | Path) -> None:
+    """Real digits (top row) above what the autoencoder gives back through its latent of
+    latent_shape (C, h, w) (bottom row): what the decoder can draw, and so the best a latent DiT
+    can do. x, recon (B, 1, 28, 28)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(x), squeeze=False, figsize=(0.8 * len(x), 1.9))
+    for i in range(len(x)):
+        show_digit(axes[0][i], x[i, 0])
+        show_digit(axes[1][i], recon[i, 0])
+    axes[0][0].set_ylabel("digit", rotation=0, labelpad=22, fontsize=8)
+    axes[1][0].set_ylabel("decoded", rotation=0, labelpad=22, fontsize=8)
+    mse = (recon - x).pow(2).mean().item()
+    C, h, w = latent_shape
+    fig.suptitle(f"through the autoencoder: 784 pixels -> a {C} x {h} x {w} = {C * h * w} latent "
+                 f"-> 784 pixels (mean squared error {mse:.4f} on [-1, 1])", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_latent_channels(x: torch.Tensor, z: torch.Tensor, path: str | Path) -> None:
+    """One row per digit: the digit, then each channel of its scaled latent z (C, 8, 8) on one
+    diverging colour scale (blue negative, red positive): the picture the DiT denoises."""
+    plt = pyplot()
+    B, C = z.shape[:2]
+    limit = z.abs().max().item()
+    fig, axes = plt.subplots(B, C + 1, squeeze=False, figsize=(0.95 * (C + 1) + 0.6, 0.95 * B + 0.5))
+    for r in range(B):
+        show_digit(axes[r][0], x[r, 0])
+        for c in range(C):
+            image = axes[r][c + 1].imshow(z[r, c].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axes[r][c + 1].set_xticks([])
+            axes[r][c + 1].set_yticks([])
+            if r == 0:
+                axes[0][c + 1].set_title(f"channel {c}", fontsize=8)
+    axes[0][0].set_title("digit", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="scaled latent")
+    fig.suptitle(f"each digit's latent: {C} channels of {z.shape[2]} x {z.shape[3]}, scaled to "
+                 "unit variance", fontsize=9)
     save_figure(fig, path)
 
 

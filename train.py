@@ -3,15 +3,20 @@
     python train.py                                   # the default `cpu` preset, CUDA if present
     python train.py --preset tiny --max-steps 20      # a smoke test in seconds
     python train.py --resume                          # continue <out-dir>/model.pth exactly
+    python train.py --preset latent                   # DiT in an autoencoder's latent space,
+                                                      # as the paper runs it (into runs/latent)
     torchrun --nproc_per_node=2 train.py              # DistributedDataParallel, one process per GPU
                                                       # (or per CPU share, with gloo)
 
-Writes into --out-dir (default runs/default): model.pth (weights, EMA, optimiser, step, RNG states
-and the config; see checkpoint.py), samples/ (EMA sample grids, one row per digit), log.csv (the
-loss, the held-out loss by noise level, the adaLN-Zero gates), loss.png and gates.png. The file reads as DiT's train.py does: the pieces of a step (learning rate, EMA,
-`train_step`) and the log, then `train`: set up, the loop, checkpoints. The flags come from
-config.py, the process plumbing (torchrun, signals) from distributed.py, the pictures from
-pictures.py.
+Writes into --out-dir (default runs/default, runs/latent for the latent preset): model.pth
+(weights, EMA, optimiser, step, RNG states and the config; see checkpoint.py), samples/ (EMA
+sample grids, one row per digit), log.csv (the loss, the held-out loss by noise level, the
+adaLN-Zero gates), loss.png and gates.png; with --preset latent also autoencoder.pth, the first
+stage (autoencoder.py), trained here before the DiT or reused, whose latents of the digits,
+encoded once, are the DiT's data. The file reads as DiT's train.py does: the pieces of a step
+(learning rate, EMA, `train_step`) and the log, then `train`: set up, the loop, checkpoints. The
+flags come from config.py, the process plumbing (torchrun, signals) from distributed.py, the
+pictures from pictures.py.
 
 References: DDPM (Ho et al. 2020) Algorithm 1; DiT (Peebles & Xie 2023) section 4 for AdamW,
 EMA and label dropout; classifier-free guidance (Ho & Salimans 2022); min-SNR weighting
@@ -31,17 +36,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from checkpoint import (checkpoint_config, load_weights, out_of_memory_as_error, read_checkpoint,
-                        read_log, save_checkpoint, set_rng_state, use_bf16, write_log)
+from autoencoder import Autoencoder, encode_images, train_autoencoder
+from checkpoint import (checkpoint_config, load_autoencoder, load_weights, out_of_memory_as_error,
+                        read_autoencoder, read_checkpoint, read_log, save_autoencoder,
+                        save_checkpoint, set_rng_state, use_bf16, write_log)
 from config import Config, UserError, train_parser
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
-from distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather_rng,
+from distributed import (Processes, StopRequests, agree, barrier, check_ranks_in_sync, gather_rng,
                          setup_processes, teardown_processes)
 from dit import DiT
 from pictures import sample_grid, save_gates_plot, save_grid, save_loss_plot
 
 CHECKPOINT_NAME = "model.pth"
+AUTOENCODER_NAME = "autoencoder.pth"  # the latent preset's first stage, kept to reuse
 
 
 # ------------------------------------------------------------------------------ the step
@@ -126,6 +134,32 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
     return cfg, checkpoint
 
 
+def first_stage(args: argparse.Namespace, cfg: Config, resuming: bool, images: torch.Tensor,
+                procs: Processes) -> Autoencoder:
+    """The latent preset's autoencoder: a resumed run's own (inside its checkpoint), the one
+    --autoencoder names, the one an earlier start left in <out-dir> (unless --overwrite), or a
+    new one trained now on the digits, by the first process while the others wait."""
+    out_dir, device = Path(args.out_dir), procs.device
+    if resuming:
+        return load_autoencoder(out_dir / CHECKPOINT_NAME, cfg, device)
+    path = Path(args.autoencoder) if args.autoencoder else out_dir / AUTOENCODER_NAME
+    if args.autoencoder or (path.exists() and not args.overwrite):
+        autoencoder, seconds = read_autoencoder(path, cfg.autoencoder)
+        if procs.is_main:
+            print(f"autoencoder: {path} (trained in {seconds:.0f} s), reused")
+        return autoencoder.to(device)
+    if procs.is_main:
+        started = time.time()
+        autoencoder, log = train_autoencoder(images, cfg.autoencoder, device, cfg.train.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_autoencoder(path, autoencoder, time.time() - started)
+        print(f"autoencoder: trained in {time.time() - started:.0f} s, reconstruction "
+              f"{log[-1]['reconstruction']:.1f} nats/image, KL {log[-1]['kl']:.0f}, scale factor "
+              f"{autoencoder.scale_factor.item():.4f}; saved to {path}")
+    barrier(procs)  # the others read what the first one wrote
+    return autoencoder if procs.is_main else read_autoencoder(path, cfg.autoencoder)[0].to(device)
+
+
 def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg: Config,
                    with_heldout: bool) -> dict:
     """The log's view inside the model: each block's mean |gate| (attention and MLP) over every
@@ -147,12 +181,13 @@ def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg
     return row
 
 
-def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool, path: Path) -> Path:
+def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool, path: Path,
+                 autoencoder: Autoencoder | None) -> Path:
     """Ten EMA samples of each digit (row k = digit k) from the same noise every time, so that
     the grids of successive epochs show the model learning."""
     g = torch.Generator(next(ema.parameters()).device).manual_seed(cfg.train.seed)
-    save_grid(sample_grid(ema, diffusion, cfg, list(range(cfg.model.num_classes)), 10, g, bf16),
-              path, nrow=10)
+    save_grid(sample_grid(ema, diffusion, cfg, list(range(cfg.model.num_classes)), 10, g, bf16,
+                          autoencoder), path, nrow=10)
     return path
 
 
@@ -171,11 +206,16 @@ def train(args: argparse.Namespace) -> int:
 
     data_dir = resolve_data_dir(args.data_dir)
     images, labels = load_mnist(data_dir, train=True)
+    test_images, test_labels = load_mnist(data_dir, train=False)  # never trained on
+    n = cfg.train.eval_images
+    heldout = (to_model_range(test_images[:n]).to(device), test_labels[:n].to(device))
+    autoencoder = None
+    if cfg.autoencoder is not None:  # the latent preset: the DiT's data are latents, encoded once
+        autoencoder = first_stage(args, cfg, checkpoint is not None, images, procs)
+        images = encode_images(autoencoder, images, cfg.train.seed)
+        heldout = (encode_images(autoencoder, test_images[:n], cfg.train.seed), heldout[1])
     batches = InMemoryBatches(images, labels, cfg.train.batch_size, device, cfg.train.seed,
                               procs.rank, procs.world_size)
-    test_images, test_labels = load_mnist(data_dir, train=False)  # never trained on
-    heldout = (to_model_range(test_images[: cfg.train.eval_images]).to(device),
-               test_labels[: cfg.train.eval_images].to(device))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = DiT(cfg.model).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()  # the samples come from the EMA
@@ -257,6 +297,8 @@ def train(args: argparse.Namespace) -> int:
                              "rng": gather_rng(procs),  # called on every rank: a collective
                              "world_size": procs.world_size, "bf16": bf16,
                              "config": cfg.to_dict()}
+                    if autoencoder is not None:  # what decoding the samples needs
+                        state["autoencoder"] = autoencoder.state_dict()
                     if procs.is_main:
                         save_checkpoint(ckpt_path, state)
                         write_log(log_rows, out_dir / "log.csv")
@@ -266,7 +308,7 @@ def train(args: argparse.Namespace) -> int:
                         and procs.is_main):
                     path = out_dir / "samples" / f"step_{step:07d}.png"
                     bar.write(f"samples at step {step}: "
-                              f"{save_samples(ema, diffusion, cfg, bf16, path)}")
+                              f"{save_samples(ema, diffusion, cfg, bf16, path, autoencoder)}")
 
         # The end: every rank holds the same weights; the first one reports and draws.
         check_ranks_in_sync(model, procs)
@@ -282,7 +324,8 @@ def train(args: argparse.Namespace) -> int:
             return stops.exit_status()
         if step < total_steps:
             print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
-        final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png")
+        final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png",
+                             autoencoder)
         print(f"samples: {final}")
         print(f"loss curve: {out_dir / 'loss.png'}; log: {out_dir / 'log.csv'}")
         return 0
@@ -294,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line (config.train_parser lists every flag) -> train(); a user mistake is one
     line on stderr and exit status 1, never a traceback."""
     args = train_parser().parse_args(argv)
+    args.out_dir = args.out_dir or ("runs/latent" if args.preset == "latent" else "runs/default")
     try:
         return train(args)
     except UserError as e:

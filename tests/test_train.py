@@ -298,9 +298,9 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
 def test_help_shows_each_presets_value_of_the_override_flags():
     text = " ".join(train_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text
-    assert "[cpu 16, gpu 30, tiny 1]" in text  # --epochs
-    assert "[cpu True, gpu False, tiny True]" in text  # --lr-decay, a yes/no flag
-    assert "[cpu 7, gpu 2, tiny 7]" in text  # --patch-size
+    assert "[cpu 16, gpu 30, latent 12, tiny 1]" in text  # --epochs
+    assert "[cpu True, gpu False, latent True, tiny True]" in text  # --lr-decay, a yes/no flag
+    assert "[cpu 7, gpu 2, latent 2, tiny 7]" in text  # --patch-size
     args = train_parser().parse_args([])
     assert not hasattr(args, "epochs") and not hasattr(args, "ema_warmup")  # not given: the preset's
 

@@ -1,0 +1,105 @@
+"""The latent preset against the pixel default, measured side by side on one machine (issue 22).
+
+    python benchmarks/latent_vs_pixel.py                      # both presets, seeds 0 and 1
+    python benchmarks/latent_vs_pixel.py --presets latent --seeds 2
+
+Each run is what a reader types, timed from the outside: `python train.py --preset P --seed S`
+(for the latent preset the wall time includes training the autoencoder and encoding the digits),
+then `python inference.py --num-per-class 100` (1,000 digits, the checkpoint's own sampler,
+timed: images/s of sampling, the decoder included), then `python fid_computer.py --metric mnist`
+(MNIST-FD and class accuracy). The commands run one after another, each with the machine to
+itself. A row is appended to --csv as each pair of commands finishes; a (preset, seed) already in
+it is skipped, so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FIELDS = ["preset", "seed", "train_wall_s", "autoencoder_s", "train_images_per_s", "dit_params",
+          "autoencoder_params", "sample_images_per_s", "mnist_fd", "class_accuracy"]
+
+
+def timed(command: list[str], log: Path) -> tuple[float, str]:
+    """Run a command from the project root with its output in `log`; (wall seconds, output)."""
+    started = time.time()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.time() - started
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
+    return seconds, result.stdout
+
+
+def found(pattern: str, text: str) -> float:
+    """The first number captured by `pattern` in a command's output (nan if absent)."""
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else float("nan")
+
+
+def run_one(preset: str, seed: int, args) -> dict:
+    from checkpoint import read_checkpoint
+
+    out = Path(args.out_dir) / f"{preset}-seed{seed}"
+    python = sys.executable
+    train_s, text = timed([python, "train.py", "--preset", preset, "--seed", str(seed),
+                           "--out-dir", str(out), "--overwrite", *args.train_flags],
+                          out.with_suffix(".train.log"))
+    ckpt = read_checkpoint(out / "model.pth")
+    sample_s, _ = timed([python, "inference.py", "--checkpoint", str(out / "model.pth"),
+                         "--num-per-class", str(args.per_class), "--out-dir", str(out / "fake")],
+                        out.with_suffix(".sample.log"))
+    _, scores = timed([python, "fid_computer.py", "--metric", "mnist", "--fake", str(out / "fake")],
+                      out.with_suffix(".score.log"))
+    return {"preset": preset, "seed": seed, "train_wall_s": round(train_s, 1),
+            "autoencoder_s": found(r"autoencoder: trained in (\d+) s", text) if preset == "latent" else 0,
+            "train_images_per_s": found(r"\((\d+) images/s\)", text),
+            "dit_params": sum(v.numel() for v in ckpt["ema"].values()),
+            "autoencoder_params": sum(v.numel() for k, v in ckpt.get("autoencoder", {}).items()
+                                      if k != "scale_factor"),
+            "sample_images_per_s": round(10 * args.per_class / sample_s, 1),
+            "mnist_fd": found(r"MNIST-FD: ([\d.]+)", scores),
+            "class_accuracy": found(r"class accuracy: ([\d.]+)", scores)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", nargs="+", default=["cpu", "latent"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--per-class", type=int, default=100, help="samples per digit scored")
+    p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--csv", default="benchmarks/latent_vs_pixel.csv")
+    p.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[],
+                   help="passed on to train.py (last on the line)")
+    args = p.parse_args()
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(args.csv)
+    done = set()
+    if path.exists():
+        with open(path, newline="") as f:
+            done = {(r["preset"], int(r["seed"])) for r in csv.DictReader(f)}
+    for seed in args.seeds:
+        for preset in args.presets:
+            if (preset, seed) in done:
+                continue
+            row = run_one(preset, seed, args)
+            print(row, flush=True)
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Tests of the latent preset: the autoencoder, its scale factor, the DiT trained on its latents."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import figures
+import inference
+import train
+from autoencoder import (Autoencoder, autoencoder_loss, encode_images, fit_scale_factor,
+                         kl_divergence, train_autoencoder)
+from checkpoint import load_autoencoder, load_model, read_checkpoint, save_checkpoint
+from config import AutoencoderConfig, Config, UserError, get_preset
+from dataset import load_mnist, to_model_range
+from diffusion import GaussianDiffusion
+from helpers import X0Oracle, write_tiny_mnist
+from pictures import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = AutoencoderConfig(channels=8, epochs=12, batch_size=16, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=32)
+
+
+@pytest.fixture(scope="module")
+def fake_digits(tiny_data):
+    return load_mnist(tiny_data, train=True, download=False)[0]  # uint8 (64, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def latent_run(tiny_data, tmp_path_factory):
+    """A latent model trained for 4 steps on the fake digits, with a narrow DiT."""
+    out = tmp_path_factory.mktemp("latent")
+    assert train.main(latent_args(tiny_data, out, "--max-steps", "4")) == 0
+    return out
+
+
+def latent_args(tiny_data, out, *extra):
+    return ["--preset", "latent", "--data-dir", str(tiny_data), "--out-dir", str(out),
+            "--hidden-size", "32", "--num-heads", "2", "--depth", "1", "--batch-size", "16",
+            "--log-every", "1", "--sample-every", "1000", *extra]
+
+
+# ------------------------------------------------------------------------------ the autoencoder
+
+def test_reconstruction_error_falls_in_a_short_training(fake_digits):
+    x = to_model_range(fake_digits)
+    torch.manual_seed(0)
+    untrained = autoencoder_loss(Autoencoder(SMALL), x, 0.0, torch.Generator().manual_seed(1))[1]
+    model, log = train_autoencoder(fake_digits, SMALL, torch.device("cpu"), progress=False)
+    trained = autoencoder_loss(model, x, 0.0, torch.Generator().manual_seed(1))[1]
+    assert trained < 0.5 * untrained, (trained, untrained)
+    assert log[-1]["reconstruction"] < log[0]["reconstruction"]
+
+
+def test_kl_term_is_the_closed_form_of_a_gaussian_against_the_standard_normal():
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    posterior = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    expected = torch.distributions.kl_divergence(posterior, prior).flatten(1).sum(dim=1)
+    torch.testing.assert_close(kl_divergence(mean, logvar), expected)
+    assert torch.equal(kl_divergence(torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2))
+
+
+def test_loss_is_reconstruction_plus_weighted_kl(fake_digits):
+    model = Autoencoder(SMALL)
+    x = to_model_range(fake_digits[:8])
+    loss, rec, kl = autoencoder_loss(model, x, 0.25, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss, rec + 0.25 * kl)
+    logits, mean, logvar = model(x, torch.Generator().manual_seed(0))
+    ink = (x + 1) / 2  # Bernoulli likelihood of each pixel's ink, written out
+    bce = -(ink * torch.log(torch.sigmoid(logits)) + (1 - ink) * torch.log(1 - torch.sigmoid(logits)))
+    torch.testing.assert_close(rec, bce.flatten(1).sum(1).mean(), rtol=1e-4, atol=1e-3)
+
+
+def test_scale_factor_makes_the_training_latents_unit_variance(fake_digits):
+    torch.manual_seed(0)
+    model = Autoencoder(SMALL).eval()
+    scale = fit_scale_factor(model, fake_digits, seed=3)
+    latents = encode_images(model, fake_digits, seed=3)
+    assert scale != 1.0
+    assert latents.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert model.state_dict()["scale_factor"].item() == pytest.approx(scale)  # saved with it
+
+
+def test_encode_then_decode_keeps_shapes_and_range(fake_digits):
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig(latent_channels=3, channels=8)).eval()
+    z = encode_images(model, fake_digits[:5])
+    assert z.shape == (5, 3, 8, 8)
+    for latents in [z, 1000 * z]:  # even far outside the training latents
+        pixels = model.to_pixels(latents)
+        assert pixels.shape == (5, 1, 28, 28)
+        assert pixels.min() >= -1 and pixels.max() <= 1
+
+
+# ------------------------------------------------------------------------------ sampling latents
+
+class Identity:
+    """A stand-in autoencoder whose "pixels" are the latents themselves."""
+
+    def to_pixels(self, z):
+        return z
+
+
+def test_latent_samples_are_not_clipped_to_the_pixel_range():
+    """An oracle whose data sit at 3 (a unit-variance latent reaches that): a latent model's
+    sampler must return 3, where the pixel model's x0 clipping would stop at 1."""
+    cfg = get_preset("latent")
+    cfg.model.image_size, cfg.sample.steps = 2, 20
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    x0 = torch.full((2, 4, 2, 2), 3.0)
+    labels = torch.tensor([1, 2])
+    latent = generate(X0Oracle(diffusion, x0), diffusion, labels, cfg,
+                      torch.Generator().manual_seed(0), autoencoder=Identity())
+    torch.testing.assert_close(latent, x0, atol=1e-3, rtol=0)
+    cfg.autoencoder = None  # the same data read as pixels: clipped
+    pixels = generate(X0Oracle(diffusion, x0), diffusion, labels, cfg, torch.Generator().manual_seed(0))
+    assert pixels.max() <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="autoencoder"):
+        generate(X0Oracle(diffusion, x0), diffusion, labels, get_preset("latent"))
+
+
+# ------------------------------------------------------------------------------ train and infer
+
+def test_latent_checkpoint_loads_weights_only_and_samples_pixels(latent_run, tmp_path):
+    ckpt = torch.load(latent_run / "model.pth", weights_only=True)
+    assert ckpt["config"]["autoencoder"] is not None and "autoencoder" in ckpt
+    model, cfg = load_model(latent_run / "model.pth")
+    assert (cfg.model.in_channels, cfg.model.image_size) == (4, 8)
+    autoencoder = load_autoencoder(latent_run / "model.pth", cfg)
+    images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), torch.tensor([3, 7]),
+                      cfg, torch.Generator().manual_seed(0), autoencoder=autoencoder)
+    assert images.shape == (2, 1, 28, 28) and images.abs().max() <= 1
+    checkpoint = str(latent_run / "model.pth")
+    for flags in [["--trajectory", "--guidance-strip", "--steps", "5"],
+                  ["--sampler", "dpm-solver++", "--steps", "5"], ["--sampler", "plms", "--steps", "5"],
+                  ["--num-per-class", "2", "--out-dir", str(tmp_path / "fake"), "--steps", "5"]]:
+        assert inference.main(["--checkpoint", checkpoint, "--output", str(tmp_path / "g.png"), *flags]
+                              if "--num-per-class" not in flags else
+                              ["--checkpoint", checkpoint, *flags]) == 0, flags
+    assert len(list((tmp_path / "fake").glob("*.png"))) == 20
+    assert (latent_run / "trajectory.png").stat().st_size > 0
+    assert (latent_run / "samples" / "final.png").stat().st_size > 0
+
+
+def test_latent_run_saves_and_reuses_its_autoencoder(latent_run, tiny_data, tmp_path, capsys):
+    saved = latent_run / "autoencoder.pth"
+    assert saved.is_file()
+    capsys.readouterr()
+    assert train.main(latent_args(tiny_data, tmp_path / "b", "--max-steps", "1",
+                                  "--autoencoder", str(saved))) == 0
+    assert "reused" in capsys.readouterr().out
+    first = read_checkpoint(latent_run / "model.pth")["autoencoder"]
+    second = read_checkpoint(tmp_path / "b" / "model.pth")["autoencoder"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_latent_resume_continues_exactly(tiny_data, tmp_path):
+    """4 steps straight, or 2 and then 2 more after a resume (a constant rate: the cosine's
+    length would change with --max-steps): the same weights, EMA and autoencoder."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train.main(latent_args(tiny_data, straight, "--max-steps", "4", "--no-lr-decay")) == 0
+    assert train.main(latent_args(tiny_data, split, "--max-steps", "2", "--no-lr-decay")) == 0
+    assert train.main(latent_args(tiny_data, split, "--max-steps", "4", "--resume")) == 0
+    a = torch.load(straight / "model.pth", weights_only=True)
+    b = torch.load(split / "model.pth", weights_only=True)
+    for key in ["model", "ema", "autoencoder"]:
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
+@pytest.mark.slow
+def test_latent_run_under_torchrun_trains_the_autoencoder_once(tiny_data, tmp_path):
+    """Two gloo processes: the first trains and saves the autoencoder, the second waits and reads
+    it, and both train the DiT on the same latents in step."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *latent_args(tiny_data, tmp_path, "--max-steps", "2"),
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("autoencoder: trained in") == 1
+    assert "weights identical on all 2 ranks: True" in res.stdout
+    assert "autoencoder" in torch.load(tmp_path / "model.pth", weights_only=True)
+
+
+def test_latent_run_stops_at_its_time_limit(tiny_data, tmp_path, capsys):
+    flags = ["--max-steps", "1000000", "--checkpoint-every", "1000000", "--time-limit", "0.01"]
+    assert train.main(latent_args(tiny_data, tmp_path, *flags)) == 0
+    assert "time limit of 0.01 min reached" in capsys.readouterr().out
+    assert 0 < torch.load(tmp_path / "model.pth", weights_only=True)["step"] < 1000000
+
+
+def test_latent_checkpoint_without_its_autoencoder_is_one_line(latent_run, tmp_path, capsys):
+    ckpt = torch.load(latent_run / "model.pth", weights_only=True)
+    del ckpt["autoencoder"]
+    save_checkpoint(tmp_path / "no_ae.pth", ckpt)
+    assert inference.main(["--checkpoint", str(tmp_path / "no_ae.pth")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "holds no autoencoder" in err and "--preset latent" in err and len(err.splitlines()) == 1
+
+
+def test_latent_checkpoint_with_a_mismatched_autoencoder_is_one_line(latent_run, tmp_path, capsys):
+    ckpt = torch.load(latent_run / "model.pth", weights_only=True)
+    ckpt["config"]["autoencoder"]["channels"] = 16  # the stored weights are 32 wide
+    save_checkpoint(tmp_path / "wrong_ae.pth", ckpt)
+    assert inference.main(["--checkpoint", str(tmp_path / "wrong_ae.pth")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "do not match its config" in err and len(err.splitlines()) == 1
+
+
+def test_reused_autoencoder_of_other_settings_is_refused(latent_run, tiny_data, tmp_path, capsys):
+    other = Autoencoder(AutoencoderConfig(channels=16))
+    path = tmp_path / "other.pth"
+    save_checkpoint(path, {"autoencoder": other.state_dict(), "config": vars(other.cfg), "seconds": 1.0})
+    assert train.main(latent_args(tiny_data, tmp_path / "c", "--autoencoder", str(path))) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and not (tmp_path / "c" / "model.pth").exists()
+
+
+def test_figures_draws_the_latent_pictures(latent_run, tiny_data, tmp_path, capsys):
+    assert figures.main(["--checkpoint", str(latent_run / "model.pth"), "--data-dir", str(tiny_data),
+                         "--out-dir", str(tmp_path)]) == 0
+    for name in ["reconstructions.png", "latents.png", "sampling.gif", "gates.png", "loss.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert figures.main(["--checkpoint", str(latent_run / "model.pth"), "--data-dir", str(tiny_data),
+                         "--only", "attention"]) == 1
+    assert "cannot be drawn" in capsys.readouterr().err
+
+
+def test_config_round_trip_keeps_the_autoencoder():
+    cfg = get_preset("latent")
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict(get_preset("cpu").to_dict()).autoencoder is None
+    with pytest.raises(UserError, match="channels"):
+        AutoencoderConfig(channels=12)
+
+
+def test_shipped_latent_weights_keep_the_autoencoder(latent_run, tmp_path):
+    from checkpoint import ship_weights
+
+    ship_weights(latent_run / "model.pth", tmp_path / "shipped.pth", source="test")
+    model, cfg = load_model(tmp_path / "shipped.pth")
+    autoencoder = load_autoencoder(tmp_path / "shipped.pth", cfg)
+    images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), torch.tensor([1]), cfg,
+                      torch.Generator().manual_seed(0), autoencoder=autoencoder)
+    assert images.shape == (1, 1, 28, 28)
