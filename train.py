@@ -143,7 +143,9 @@ def first_stage(args: argparse.Namespace, cfg: Config, resuming: bool, images: t
     if resuming:
         return load_autoencoder(out_dir / CHECKPOINT_NAME, cfg, device)
     path = Path(args.autoencoder) if args.autoencoder else out_dir / AUTOENCODER_NAME
-    if args.autoencoder or (path.exists() and not args.overwrite):
+    reuse = bool(args.autoencoder) or (path.exists() and not args.overwrite)
+    barrier(procs)  # every rank has looked for the file before the first one can write it
+    if reuse:
         autoencoder, seconds = read_autoencoder(path, cfg.autoencoder)
         if procs.is_main:
             print(f"autoencoder: {path} (trained in {seconds:.0f} s), reused")
