@@ -2,6 +2,7 @@
 Nothing here times anything: the rows run for a fraction of a second and only their bookkeeping
 (FLOPs, overrides, names, the sampler study's CSV and plot) is checked."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -218,3 +219,32 @@ def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                  "--eta", "-1"])
     assert status == 1 and "--eta must be 0 or more" in capsys.readouterr().err
+
+
+def test_latent_shapes_trials_each_change_one_setting_of_the_preset():
+    """Each trial of benchmarks/latent_shapes.py differs from the latent preset's autoencoder in
+    at most one field, and the first is the preset itself."""
+    import dataclasses
+
+    import latent_shapes
+    from config import get_preset
+
+    preset = dataclasses.asdict(get_preset("latent").autoencoder)
+    trials = list(latent_shapes.TRIALS.values())
+    assert trials[0] == {}
+    for changed in trials:
+        assert len(changed) <= 1 and set(changed) <= set(preset)
+        assert all(preset[k] != v for k, v in changed.items())
+
+
+def test_latent_vs_pixel_reads_the_scripts_output():
+    import latent_vs_pixel
+
+    text = ("autoencoder: trained in 134 s, reconstruction 48.2 nats/image\n"
+            "trained 11244 steps in 645 s (1115 images/s); checkpoint: x\nMNIST-FD: 33.214\n"
+            "class accuracy: 0.9930\n")
+    assert latent_vs_pixel.found(r"autoencoder: trained in (\d+) s", text) == 134
+    assert latent_vs_pixel.found(r"\((\d+) images/s\)", text) == 1115
+    assert latent_vs_pixel.found(r"MNIST-FD: ([\d.]+)", text) == 33.214
+    assert latent_vs_pixel.found(r"class accuracy: ([\d.]+)", text) == 0.993
+    assert math.isnan(latent_vs_pixel.found(r"FID: ([\d.]+)", "nothing"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["config", "dataset", "diffusion", "time_emb", "dit_block", "dit", "checkpoint",
-           "distributed", "pictures", "figures",
+           "distributed", "pictures", "figures", "autoencoder",
            "mnist_classifier", "train", "inference", "fid_computer"]
 SCRIPTS = ["train", "inference", "fid_computer", "figures"]
 
