@@ -212,6 +212,9 @@ def train(args: argparse.Namespace) -> int:
     n = cfg.train.eval_images
     heldout = (to_model_range(test_images[:n]).to(device), test_labels[:n].to(device))
     autoencoder = None
+    if args.autoencoder and cfg.autoencoder is None:
+        raise UserError(f"--autoencoder is for --preset latent; preset {cfg.preset} trains on "
+                        "pixels: drop the flag")
     if cfg.autoencoder is not None:  # the latent preset: the DiT's data are latents, encoded once
         autoencoder = first_stage(args, cfg, checkpoint is not None, images, procs)
         images = encode_images(autoencoder, images, cfg.train.seed)

@@ -228,6 +228,12 @@ def test_reused_autoencoder_of_other_settings_is_refused(latent_run, tiny_data, 
     assert "other settings" in err and not (tmp_path / "c" / "model.pth").exists()
 
 
+def test_autoencoder_flag_on_a_pixel_preset_is_refused(tiny_data, tmp_path, capsys):
+    assert train.main(["--preset", "tiny", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path),
+                       "--autoencoder", str(tmp_path / "x.pth")]) == 1
+    assert "--autoencoder is for --preset latent" in capsys.readouterr().err
+
+
 def test_figures_draws_the_latent_pictures(latent_run, tiny_data, tmp_path, capsys):
     assert figures.main(["--checkpoint", str(latent_run / "model.pth"), "--data-dir", str(tiny_data),
                          "--out-dir", str(tmp_path)]) == 0
