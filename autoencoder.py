@@ -145,8 +145,12 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, device: torc
     """Train an autoencoder on uint8 digits (N, 28, 28) with AdamW for cfg.epochs passes, then fit
     its scale factor. Returns it in eval mode, and a log of (step, loss, reconstruction, kl)
     rows. Deterministic for a seed on one device."""
+    from config import UserError
     from dataset import to_model_range  # the one pixel-range convention
 
+    if len(images) < cfg.batch_size:
+        raise UserError(f"the autoencoder's batch of {cfg.batch_size} is larger than the "
+                        f"{len(images)} training images: use more images")
     torch.manual_seed(seed)
     model = Autoencoder(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)

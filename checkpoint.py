@@ -169,20 +169,29 @@ def save_autoencoder(path: str | Path, autoencoder: Autoencoder, seconds: float)
 
 
 def read_autoencoder(path: str | Path, cfg: AutoencoderConfig) -> tuple[Autoencoder, float]:
-    """An autoencoder saved by `save_autoencoder`, checked against the config it must have;
-    returns it (eval mode) and the seconds its training took."""
+    """An autoencoder saved by `save_autoencoder` (or the first stage inside a latent model's
+    checkpoint), checked against the config it must have; returns it (eval mode) and the seconds
+    its training took (0 when unknown)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no autoencoder at {path}: drop --autoencoder to train one")
+        raise UserError(f"no autoencoder at {path}: pass an autoencoder.pth of a latent run, or "
+                        "leave out --autoencoder to train one")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        saved_cfg = AutoencoderConfig(**saved["config"])
+        fields = saved["config"]
+        if "model" in fields:  # a latent model's checkpoint: its first stage
+            fields = fields["autoencoder"]
+        saved_cfg = AutoencoderConfig(**fields)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, or not an autoencoder file
-        raise UserError(f"{path} is not a readable autoencoder ({type(e).__name__}): delete it "
-                        "to train a new one") from None
+        raise UserError(f"{path} holds no readable autoencoder ({type(e).__name__}): pass the "
+                        "autoencoder.pth or model.pth of a run of train.py --preset latent, or "
+                        "leave out --autoencoder to train one") from None
     if saved_cfg != cfg:
-        raise UserError(f"{path} was trained with other settings ({saved_cfg}) than this run's "
-                        f"({cfg}): delete it or pass --overwrite to train a new one")
+        differ = ", ".join(f"{k} {v} (not {getattr(cfg, k)})"
+                           for k, v in dataclasses.asdict(saved_cfg).items() if getattr(cfg, k) != v)
+        raise UserError(f"{path} was trained with other autoencoder settings: {differ}; use one "
+                        "trained with this run's settings, or train a new one (--overwrite, "
+                        "without --autoencoder)")
     autoencoder = Autoencoder(cfg)
     load_weights(autoencoder, saved["autoencoder"], path)
     return autoencoder.eval(), float(saved.get("seconds", 0.0))

@@ -53,10 +53,13 @@ def generate(model, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Con
     if not return_intermediates:
         return autoencoder.to_pixels(out)
     x, states, x0_preds = out  # states (S + 1, B, C, h, w) and x0_preds (S, B, C, h, w), on the CPU
-    device = x.device
-    return (autoencoder.to_pixels(x),
-            *[autoencoder.to_pixels(z.flatten(0, 1).to(device)).cpu().unflatten(0, z.shape[:2])
-              for z in (states, x0_preds)])
+
+    def decode_all(z):  # (K, B, C, h, w) -> (K, B, 1, 28, 28), 1,000 latents at a time
+        pixels = [autoencoder.to_pixels(chunk.to(x.device)).cpu()
+                  for chunk in z.flatten(0, 1).split(1000)]
+        return torch.cat(pixels).unflatten(0, z.shape[:2])
+
+    return autoencoder.to_pixels(x), decode_all(states), decode_all(x0_preds)
 
 
 def sample_grid(model, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],

@@ -141,6 +141,9 @@ def first_stage(args: argparse.Namespace, cfg: Config, resuming: bool, images: t
     new one trained now on the digits, by the first process while the others wait."""
     out_dir, device = Path(args.out_dir), procs.device
     if resuming:
+        if args.autoencoder:
+            raise UserError("a resumed run decodes with the autoencoder it was trained with: drop "
+                            "--autoencoder")
         return load_autoencoder(out_dir / CHECKPOINT_NAME, cfg, device)
     path = Path(args.autoencoder) if args.autoencoder else out_dir / AUTOENCODER_NAME
     reuse = bool(args.autoencoder) or (path.exists() and not args.overwrite)

@@ -92,6 +92,11 @@ def test_scale_factor_makes_the_training_latents_unit_variance(fake_digits):
     assert model.state_dict()["scale_factor"].item() == pytest.approx(scale)  # saved with it
 
 
+def test_too_few_images_for_a_batch_is_a_user_error(fake_digits):
+    with pytest.raises(UserError, match="larger than"):
+        train_autoencoder(fake_digits[:8], SMALL, torch.device("cpu"), progress=False)
+
+
 def test_encode_then_decode_keeps_shapes_and_range(fake_digits):
     torch.manual_seed(0)
     model = Autoencoder(AutoencoderConfig(latent_channels=3, channels=8)).eval()
@@ -130,6 +135,22 @@ def test_latent_samples_are_not_clipped_to_the_pixel_range():
         generate(X0Oracle(diffusion, x0), diffusion, labels, get_preset("latent"))
 
 
+def test_decoded_intermediates_line_up_with_the_sample():
+    """With return_intermediates a latent model's states and x0-hats are decoded in order: the
+    last state is the returned sample, and each x0-hat is the one the sampler computed."""
+    cfg = get_preset("latent")
+    cfg.model.image_size, cfg.sample.steps = 2, 5
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    x0 = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([1, 2, 3])
+    x, states, x0_preds = generate(X0Oracle(diffusion, x0), diffusion, labels, cfg,
+                                   torch.Generator().manual_seed(0), return_intermediates=True,
+                                   autoencoder=Identity())
+    assert states.shape == (6, 3, 4, 2, 2) and x0_preds.shape == (5, 3, 4, 2, 2)
+    torch.testing.assert_close(states[-1], x)
+    torch.testing.assert_close(x0_preds, x0.expand(5, *x0.shape), atol=1e-4, rtol=0)
+
+
 # ------------------------------------------------------------------------------ train and infer
 
 def test_latent_checkpoint_loads_weights_only_and_samples_pixels(latent_run, tmp_path):
@@ -153,16 +174,28 @@ def test_latent_checkpoint_loads_weights_only_and_samples_pixels(latent_run, tmp
     assert (latent_run / "samples" / "final.png").stat().st_size > 0
 
 
+def perturbed_copy(path, out):
+    """A copy of an autoencoder file whose weights differ from any that training would give."""
+    saved = torch.load(path, weights_only=True)
+    saved["autoencoder"]["decoder.0.bias"] += 0.5
+    save_checkpoint(out, saved)
+    return saved["autoencoder"]
+
+
 def test_latent_run_saves_and_reuses_its_autoencoder(latent_run, tiny_data, tmp_path, capsys):
-    saved = latent_run / "autoencoder.pth"
-    assert saved.is_file()
+    assert (latent_run / "autoencoder.pth").is_file()
+    given = perturbed_copy(latent_run / "autoencoder.pth", tmp_path / "given.pth")
     capsys.readouterr()
     assert train.main(latent_args(tiny_data, tmp_path / "b", "--max-steps", "1",
-                                  "--autoencoder", str(saved))) == 0
+                                  "--autoencoder", str(tmp_path / "given.pth"))) == 0
     assert "reused" in capsys.readouterr().out
-    first = read_checkpoint(latent_run / "model.pth")["autoencoder"]
-    second = read_checkpoint(tmp_path / "b" / "model.pth")["autoencoder"]
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    used = read_checkpoint(tmp_path / "b" / "model.pth")["autoencoder"]
+    assert all(torch.equal(given[k], used[k]) for k in given)
+    # a latent model's checkpoint serves as well: its first stage is read from it
+    assert train.main(latent_args(tiny_data, tmp_path / "c", "--max-steps", "1",
+                                  "--autoencoder", str(tmp_path / "b" / "model.pth"))) == 0
+    used = read_checkpoint(tmp_path / "c" / "model.pth")["autoencoder"]
+    assert all(torch.equal(given[k], used[k]) for k in given)
 
 
 def test_latent_resume_continues_exactly(tiny_data, tmp_path):
@@ -171,6 +204,7 @@ def test_latent_resume_continues_exactly(tiny_data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train.main(latent_args(tiny_data, straight, "--max-steps", "4", "--no-lr-decay")) == 0
     assert train.main(latent_args(tiny_data, split, "--max-steps", "2", "--no-lr-decay")) == 0
+    perturbed_copy(split / "autoencoder.pth", split / "autoencoder.pth")  # resume must not read it
     assert train.main(latent_args(tiny_data, split, "--max-steps", "4", "--resume")) == 0
     a = torch.load(straight / "model.pth", weights_only=True)
     b = torch.load(split / "model.pth", weights_only=True)
@@ -225,13 +259,20 @@ def test_reused_autoencoder_of_other_settings_is_refused(latent_run, tiny_data, 
     save_checkpoint(path, {"autoencoder": other.state_dict(), "config": vars(other.cfg), "seconds": 1.0})
     assert train.main(latent_args(tiny_data, tmp_path / "c", "--autoencoder", str(path))) == 1
     err = capsys.readouterr().err
-    assert "other settings" in err and not (tmp_path / "c" / "model.pth").exists()
+    assert "other autoencoder settings: channels 16 (not 32)" in err
+    assert not (tmp_path / "c" / "model.pth").exists()
 
 
 def test_autoencoder_flag_on_a_pixel_preset_is_refused(tiny_data, tmp_path, capsys):
     assert train.main(["--preset", "tiny", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path),
                        "--autoencoder", str(tmp_path / "x.pth")]) == 1
     assert "--autoencoder is for --preset latent" in capsys.readouterr().err
+
+
+def test_autoencoder_flag_on_a_resumed_run_is_refused(latent_run, tiny_data, capsys):
+    assert train.main(latent_args(tiny_data, latent_run, "--resume", "--autoencoder",
+                                  str(latent_run / "autoencoder.pth"))) == 1
+    assert "drop --autoencoder" in capsys.readouterr().err
 
 
 def test_figures_draws_the_latent_pictures(latent_run, tiny_data, tmp_path, capsys):
