@@ -141,12 +141,15 @@ def main() -> None:
             for name in args.shapes:
                 if (name, budget) in done:
                     continue
-                rows.append(run_one(name, budget, args, classifier))
-                with open(out, "w", newline="") as f:  # rewritten whole after every run
+                row = run_one(name, budget, args, classifier)
+                new = not out.exists()
+                with open(out, "a", newline="") as f:  # appended: two parts may run at once
                     writer = csv.DictWriter(f, fieldnames=FIELDS)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                print(rows[-1], flush=True)
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+                print(row, flush=True)
+        rows = read_rows(out)  # with the rows that other parts wrote meanwhile
     plot(rows, Path(args.plot))
     print(f"table: {out}; plot: {args.plot}")
 
