@@ -15,7 +15,6 @@ Rows are appended to --csv as they finish; a trial already in it is skipped.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
 
 # name -> the fields of AutoencoderConfig that differ from the preset's
 TRIALS = {
@@ -92,21 +93,13 @@ def main() -> None:
     test_images, _ = load_mnist(data_dir, train=False)
     classifier = load_classifier(data_dir, "cpu")
     path = Path(args.csv)
-    done = set()
-    if path.exists():
-        with open(path, newline="") as f:
-            done = {r["trial"] for r in csv.DictReader(f)}
+    done = {r["trial"] for r in read_rows(path)}
     for name in args.trials:
         if name in done:
             continue
         row = run_trial(name, images, labels, test_images, classifier, data_dir)
         print(row, flush=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(path, FIELDS, row)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ it is skipped, so an interrupted study resumes.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
 
 FIELDS = ["preset", "seed", "train_wall_s", "autoencoder_s", "train_images_per_s", "dit_params",
           "autoencoder_params", "sample_images_per_s", "mnist_fd", "class_accuracy"]
@@ -84,22 +85,14 @@ def main() -> None:
     args = p.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(args.csv)
-    done = set()
-    if path.exists():
-        with open(path, newline="") as f:
-            done = {(r["preset"], int(r["seed"])) for r in csv.DictReader(f)}
+    done = {(r["preset"], int(r["seed"])) for r in read_rows(path)}
     for seed in args.seeds:
         for preset in args.presets:
             if (preset, seed) in done:
                 continue
             row = run_one(preset, seed, args)
             print(row, flush=True)
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_row(path, FIELDS, row)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ training GFLOPs, one line per shape, coloured by GFLOPs per image.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
 
 # name -> (patch, width, depth, heads): patch 7 and 4, widths 64 to 192, depths 2 to 6; the
 # default is p7-w96-d4. Heads keep a head width of 16 to 32.
@@ -79,13 +80,6 @@ def run_one(name: str, budget_tflop: float, args, classifier) -> dict:
             "gflop_per_image": round(flops / 1e9, 5), "budget_tflop": budget_tflop,
             "steps": steps, "images": steps * batch, "total_gflop": round(steps * batch * flops / 1e9),
             "mnist_fd": round(scores["mnist_fd"], 2), "class_accuracy": round(scores["class_accuracy"], 4)}
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -142,12 +136,7 @@ def main() -> None:
                 if (name, budget) in done:
                     continue
                 row = run_one(name, budget, args, classifier)
-                new = not out.exists()
-                with open(out, "a", newline="") as f:  # appended: two parts may run at once
-                    writer = csv.DictWriter(f, fieldnames=FIELDS)
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                append_row(out, FIELDS, row)  # appended: two parts may run at once
                 print(row, flush=True)
         rows = read_rows(out)  # with the rows that other parts wrote meanwhile
     plot(rows, Path(args.plot))
