@@ -21,8 +21,9 @@ Letters in shape comments: B batch, C latent channels, H, W sides.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from config import AutoencoderConfig
+from dataset import to_model_range
+from support.checkpoint import load_weights, save_checkpoint
+from support.cli import UserError
+from support.distributed import barrier
+from support.schedule import half_cosine
 
 PAD = 2  # 28 + 2 + 2 = 32 pixels a side, which halves twice to the 8 x 8 latent
 
@@ -145,9 +151,6 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, device: torc
     """Train an autoencoder on uint8 digits (N, 28, 28) with AdamW for cfg.epochs passes, then fit
     its scale factor. Returns it in eval mode, and a log of (step, loss, reconstruction, kl)
     rows. Deterministic for a seed on one device."""
-    from config import UserError
-    from dataset import to_model_range  # the one pixel-range convention
-
     if len(images) < cfg.batch_size:
         raise UserError(f"the autoencoder's batch of {cfg.batch_size} is larger than the "
                         f"{len(images)} training images: use more images")
@@ -166,7 +169,7 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, device: torc
             i = step % steps_per_epoch
             x = to_model_range(images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
             for group in optimizer.param_groups:  # a half-cosine decay, as the DiT's
-                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = cfg.lr * half_cosine(step / total)
             loss, rec, kl = autoencoder_loss(model, x.to(device), cfg.kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,8 +190,6 @@ def encode_images(model: Autoencoder, images: torch.Tensor, seed: int = 0,
     """uint8 digits (N, 28, 28) -> scaled latents (N, C, 8, 8), float32 on the model's device: one
     draw per image from a generator seeded with `seed`, made once (as fast-DiT extracts its
     features once) so that training reads latents instead of running the encoder every step."""
-    from dataset import to_model_range
-
     device = model.scale_factor.device
     g = torch.Generator(device).manual_seed(seed)
     return torch.cat([model.to_latent(to_model_range(chunk).to(device), g)
@@ -203,6 +204,92 @@ def fit_scale_factor(model: Autoencoder, images: torch.Tensor, seed: int = 0) ->
     latents = encode_images(model, images, seed)
     model.scale_factor.fill_(1.0 / latents.double().std().item())
     return model.scale_factor.item()
+
+
+# ------------------------------------------------------------------------------ the first stage's files
+
+AUTOENCODER_FILE = "autoencoder.pth"  # a latent run's finished first stage, in its --out-dir
+
+
+def save_autoencoder(path: str | Path, autoencoder: Autoencoder, seconds: float) -> None:
+    """A finished first stage on its own, {"autoencoder", "config", "seconds"}, written
+    atomically, for a later latent run to reuse."""
+    save_checkpoint(path, {"autoencoder": autoencoder.state_dict(),
+                           "config": dataclasses.asdict(autoencoder.cfg), "seconds": seconds})
+
+
+def read_autoencoder(path: str | Path, cfg: AutoencoderConfig) -> tuple[Autoencoder, float]:
+    """An autoencoder saved by `save_autoencoder` (or the first stage inside a latent model's
+    checkpoint), checked against the config it must have; returns it (eval mode) and the seconds
+    its training took (0 when unknown)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no autoencoder at {path}: pass an autoencoder.pth of a latent run, or "
+                        "leave out --autoencoder to train one")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        fields = saved["config"]
+        if "model" in fields:  # a latent model's checkpoint: its first stage
+            fields = fields["autoencoder"]
+        saved_cfg = AutoencoderConfig(**fields)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated, or not an autoencoder file
+        raise UserError(f"{path} holds no readable autoencoder ({type(e).__name__}): pass the "
+                        "autoencoder.pth or model.pth of a run of train.py --preset latent, or "
+                        "leave out --autoencoder to train one") from None
+    if saved_cfg != cfg:
+        differ = ", ".join(f"{k} {v} (not {getattr(cfg, k)})"
+                           for k, v in dataclasses.asdict(saved_cfg).items() if getattr(cfg, k) != v)
+        raise UserError(f"{path} was trained with other autoencoder settings: {differ}; use one "
+                        "trained with this run's settings, or train a new one (--overwrite, "
+                        "without --autoencoder)")
+    autoencoder = load_weights(Autoencoder(cfg), saved["autoencoder"], path)
+    return autoencoder.eval(), float(saved.get("seconds", 0.0))
+
+
+def autoencoder_of(checkpoint: dict, cfg, path: str | Path,
+                   device: torch.device | str = "cpu") -> Autoencoder | None:
+    """The autoencoder that decodes a latent model's samples, from the model's checkpoint (a
+    dict read by support.checkpoint.read_checkpoint, which made sure a latent model has one), in
+    eval mode; None for a model of pixels (cfg: the checkpoint's config.Config)."""
+    if cfg.autoencoder is None:
+        return None
+    autoencoder = load_weights(Autoencoder(cfg.autoencoder), checkpoint["autoencoder"], path)
+    return autoencoder.to(device).eval()
+
+
+def first_stage(cfg: AutoencoderConfig, images: torch.Tensor, out_dir: str | Path, procs,
+                seed: int = 0, reuse: str | Path | None = None, overwrite: bool = False,
+                resumed: dict | None = None) -> Autoencoder:
+    """The latent preset's first stage, ready to encode, on procs.device (procs: the run's
+    support.distributed.Processes): a resumed run's own (inside its checkpoint `resumed`), the
+    file `reuse` names, the one an earlier start left in out_dir (unless overwrite), or a new
+    one trained now on the uint8 digits `images` and saved to out_dir/autoencoder.pth, by the
+    first process while the others wait, then read by them."""
+    device = procs.device
+    if resumed is not None:
+        if reuse:
+            raise UserError("a resumed run decodes with the autoencoder it was trained with: drop "
+                            "--autoencoder")
+        autoencoder = load_weights(Autoencoder(cfg), resumed["autoencoder"], "the resumed checkpoint")
+        return autoencoder.to(device).eval()
+    path = Path(reuse) if reuse else Path(out_dir) / AUTOENCODER_FILE
+    found = bool(reuse) or (path.exists() and not overwrite)
+    barrier(procs)  # every rank has looked for the file before the first one can write it
+    if found:
+        autoencoder, seconds = read_autoencoder(path, cfg)
+        if procs.is_main:
+            print(f"autoencoder: {path} (trained in {seconds:.0f} s), reused")
+        return autoencoder.to(device)
+    if procs.is_main:
+        started = time.time()
+        autoencoder, log = train_autoencoder(images, cfg, device, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_autoencoder(path, autoencoder, time.time() - started)
+        print(f"autoencoder: trained in {time.time() - started:.0f} s, reconstruction "
+              f"{log[-1]['reconstruction']:.1f} nats/image, KL {log[-1]['kl']:.0f}, scale factor "
+              f"{autoencoder.scale_factor.item():.4f}; saved to {path}")
+    barrier(procs)  # the others read what the first one wrote
+    return autoencoder if procs.is_main else read_autoencoder(path, cfg)[0].to(device)
 
 
 if __name__ == "__main__":  # a shape check: python autoencoder.py

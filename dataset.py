@@ -1,4 +1,4 @@
-"""MNIST as tensors in memory, shuffled batches cut from them, and digits saved as image files.
+"""MNIST as tensors in memory, and shuffled batches cut from them.
 
 torchvision reads (and, when online, downloads) the four original IDX files once; after that the
 60,000 training digits live in one uint8 tensor of 60000 x 28 x 28 = 47 MB, on the training device
@@ -9,26 +9,18 @@ model's step and more for smaller models (benchmarks/train_throughput.py --naive
 
 Where the data lives: `--data-dir`, else the environment variable DIT_DATA_DIR, else `./data`.
 torchvision expects the files in `<data dir>/MNIST/raw/`; when they are there nothing is downloaded.
-
-Digits saved as PNGs (the exported test set, the samples of `inference.py --num-per-class`) are
-named `<index>_<label>.png`, so that the label travels with the file; `read_images` reads such a
-folder back, with the checks a folder a person filled needs (only images, all of one size).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 from urllib.error import URLError
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from config import UserError
+from support.cli import UserError
 
 DATA_DIR_ENV = "DIT_DATA_DIR"  # environment variable that names the data directory
 DEFAULT_DATA_DIR = "data"  # git-ignored folder in the project
@@ -123,68 +115,3 @@ class InMemoryBatches:
         while True:
             yield from self.epoch(epoch, skip)
             epoch, skip = epoch + 1, 0
-
-
-LABELLED_NAME = re.compile(r"^(\d+)_(\d+)\.png$")  # what labelled_file_name writes: 00042_7.png
-
-
-def labelled_file_name(index: int, label: int) -> str:
-    """`<5-digit index>_<label>.png`, e.g. 00042_7.png: the name of a digit saved as an image (the
-    exported test set, the samples of inference.py), from which fid_computer.py reads the label."""
-    return f"{index:05d}_{label}.png"
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The files of a folder, sorted by name ([] if there is no such folder); hidden files, such
-    as the temporary files of a write in progress, do not count."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-@dataclass
-class ImageFolder:
-    """The checked images of one folder, sorted by file name."""
-    path: Path
-    files: list[Path]
-    pixels: torch.Tensor  # uint8 (N, H, W), grayscale 0..255
-    labels: torch.Tensor | None  # int64 (N,) read from <index>_<label>.png; None if names lack them
-    no_labels_reason: str = ""  # why labels is None
-
-
-def labels_from_names(files: list[Path], num_classes: int = 10) -> tuple[torch.Tensor | None, str]:
-    """Labels parsed from <index>_<label>.png names, or (None, why) if any name has none."""
-    labels = []
-    for f in files:
-        m = LABELLED_NAME.match(f.name)
-        if m is None or int(m.group(2)) >= num_classes:
-            return None, (f"the file names in {f.parent} do not all look like <index>_<digit>.png "
-                          f"(e.g. {f.name!r}), so the digit each image was made for is unknown")
-        labels.append(int(m.group(2)))
-    return torch.tensor(labels), ""
-
-
-def read_images(folder: str | Path, files: list[Path]) -> ImageFolder:
-    """Open every file as a grayscale image. A file that is not an image, or images of different
-    sizes, are a UserError naming the file: better than a crash deep inside a DataLoader."""
-    from PIL import Image, UnidentifiedImageError
-
-    arrays, first = [], None
-    for f in tqdm(files, desc=f"reading {folder}", unit="img", leave=False,
-                  disable=len(files) < 5000):
-        try:
-            with Image.open(f) as img:
-                img = img.convert("L")  # reads the pixels; MNIST and our samples are grayscale
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"{f} is not a readable image ({type(e).__name__}): only images may "
-                            f"be in {folder}; move that file out") from None
-        if first is None:
-            first = (f, img.size)
-        elif img.size != first[1]:
-            raise UserError(f"images of mixed sizes in {folder}: {first[0].name} is "
-                            f"{first[1][0]} x {first[1][1]} but {f.name} is {img.size[0]} x "
-                            f"{img.size[1]}; all images must have the same size")
-        arrays.append(np.asarray(img))
-    labels, reason = labels_from_names(files)
-    return ImageFolder(Path(folder), files, torch.from_numpy(np.stack(arrays)), labels, reason)

@@ -6,9 +6,10 @@ Follows Peebles & Xie, "Scalable Diffusion Models with Transformers" (2023), Fig
     c = TimestepEmbedder(t) + LabelEmbedder(y)                       (B, D)
     tokens --depth x DiTBlock(c)--> FinalLayer(c) --unpatchify--> predicted noise (B, C, H, W)
 
-Differences from the paper: pixels instead of a VAE latent (MNIST is small enough), and the network
-predicts the noise only (the paper also learns the variance Sigma); the samplers use fixed
-variances instead.
+The same network denoises pixels (the default: a 28 x 28 digit is small enough) or, as in the
+paper, an autoencoder's latents (the `latent` preset: 4 x 8 x 8, autoencoder.py); only the
+config's image size, channels and patch differ. Unlike the paper's, it predicts the noise only
+(DiT also learns the variance Sigma); the samplers use fixed variances instead.
 
 Classifier-free guidance (Ho & Salimans 2022): label `num_classes` is a "null" label. Training drops
 the true label with probability `class_dropout_prob`, so one network learns both the conditional

@@ -13,10 +13,10 @@ It scores folders; inference.py samples them. In the order of this file:
   3. FID: the Frechet distance between Gaussians fitted to the InceptionV3 pool features (2048
      dims) of the two sets, computed by pytorch-fid, a port of the authors' TensorFlow code;
   4. MNIST-FD: the same distance in the 128-dim features of a small MNIST classifier
-     (mnist_classifier.py), and the class accuracy: the share of the images generated for digit k
-     that this classifier reads as k.
+     (support/mnist_classifier.py), and the class accuracy: the share of the images generated for
+     digit k that this classifier reads as k.
 
-The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982) is
+The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 It needs a full-rank covariance, so at least d + 1 images for d-dim features. Estimated from
 samples it is biased upwards, the more so the fewer the images: compare scores only at equal
@@ -38,7 +38,6 @@ import hashlib
 import pickle
 import sys
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from urllib.error import URLError
@@ -48,11 +47,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from checkpoint import atomic_write, out_of_memory_as_error
-from config import UserError, pick_device, run_reporting_user_errors
-from dataset import (ImageFolder, image_files, labelled_file_name, load_mnist, read_images,
-                     resolve_data_dir, to_uint8)
-from mnist_classifier import MnistClassifier, classify, load_classifier
+from dataset import load_mnist, resolve_data_dir
+from support.checkpoint import atomic_write
+from support.cli import UserError, exit_status, out_of_memory_as_error, pick_device
+from support.frechet import check_enough_images, feature_statistics, frechet_distance
+from support.image_files import ImageFolder, image_files, labelled_file_name, read_images
+from support.mnist_classifier import MnistClassifier, classify, load_classifier, mnist_scores
 
 REAL_DIR = "images/real"  # the exported MNIST test set (git-ignored)
 FAKE_DIR = "images/fake"  # generated digits, where inference.py --out-dir writes them (git-ignored)
@@ -157,39 +157,6 @@ def read_fake_folder(folder: str | Path, metric: str = "mnist") -> ImageFolder:
 
 # ------------------------------------------------------------------------------ FID (pytorch-fid)
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (d,) and covariance (d, d) of features (N, d), as pytorch-fid's
-    calculate_activation_statistics computes them (unbiased covariance, float64)."""
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), by pytorch-fid's own function: FID and
-    MNIST-FD share one implementation, the one every FID in the literature comes from."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
-    with warnings.catch_warnings():
-        # pytorch-fid 0.3.0 passes sqrtm(disp=False), deprecated in SciPy 1.16 and removed in
-        # 1.18; requirements.txt pins scipy<1.18, so the warning tells the reader nothing new.
-        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
-        try:
-            return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
-        except ValueError as e:  # the matrix square root came out complex: degenerate features
-            raise UserError(f"the Frechet distance is undefined here ({e}): the features hardly "
-                            "vary, e.g. all generated images are nearly the same") from None
-
-
-def check_enough_images(count: int, dims: int, where: str, metric: str, hint: str) -> None:
-    """The covariance of d-dim features from n images has rank at most n - 1: with n < d + 1 it
-    is singular, (S1 S2)^(1/2) is ill-defined and the distance means nothing."""
-    if count < dims + 1:
-        raise UserError(f"{where}: {count} images, but the {metric} with {dims}-dim features "
-                        f"needs at least {dims + 1}: the covariance of {dims}-dim features from "
-                        f"fewer than {dims + 1} images is singular; {hint}")
-
-
 class InceptionWeightsMissing(UserError):
     """The FID weights of InceptionV3 are neither in the torch hub cache nor downloadable."""
 
@@ -239,61 +206,6 @@ def check_mnist_size(pixels: torch.Tensor, what: str) -> None:
                         "classifier reads 28 x 28 digits")
 
 
-def fake_pixels(fake, labels) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """(uint8 (N, H, W), labels or None, a name for messages) from a folder or a tensor."""
-    if isinstance(fake, (str, Path)):
-        fake = read_fake_folder(fake)
-    if isinstance(fake, ImageFolder):
-        return fake.pixels, fake.labels, f"the images in {fake.path}"
-    x = torch.as_tensor(fake).detach().cpu()
-    if x.dim() == 4:  # (N, 1, H, W), as the sampler returns them
-        x = x[:, 0]
-    if x.dtype != torch.uint8:
-        # Rounded to 0..255 exactly as a saved PNG would be: a tensor and its files score the same.
-        x = to_uint8(x)
-    if labels is not None:
-        labels = torch.as_tensor(labels).cpu().long()
-        if labels.shape != (len(x),):
-            raise UserError(f"{len(x)} images but {labels.numel()} labels")
-    return x, labels, "the generated images"
-
-
-def mnist_scores(fake, labels=None, *, real: str | Path = REAL_DIR,
-                 data_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                 classifier: MnistClassifier | None = None, cache_dir: str | Path = CACHE_DIR,
-                 batch_size: int = 500, real_files: list[Path] | None = None) -> dict:
-    """MNIST-FD and class accuracy of generated digits.
-
-    fake:   a folder of PNGs (the labels are read from names <index>_<label>.png), or a tensor:
-            uint8 (N, 28, 28) in 0..255, or float (N, 1, 28, 28) in [-1, 1] as the sampler gives.
-    labels: for a tensor, the digit each image was generated for (None: no class accuracy).
-    real:   the folder of real images; the default is filled with the MNIST test set of data_dir.
-    real_files: its files, when the caller has listed them already (real_image_files).
-    Returns {"mnist_fd", "class_accuracy" (None without labels), "per_class_accuracy" ({digit:
-    accuracy}; None without labels), "num_images"}. The real statistics are cached in cache_dir.
-    """
-    device = torch.device(device)
-    classifier = classifier if classifier is not None else load_classifier(data_dir, device)
-    pixels, labels, what = fake_pixels(fake, labels)
-    check_mnist_size(pixels, what)
-    dims = MnistClassifier.FEATURE_DIMS
-    check_enough_images(len(pixels), dims, what, "MNIST-FD", "generate more")
-    if real_files is None:
-        real_files = real_image_files(real, data_dir)
-    real_mu, real_sigma = real_statistics(real, real_files, classifier, dims, cache_dir,
-                                          batch_size, device)
-    feats, preds = classify(classifier, pixels, batch_size, device)
-    mu, sigma = feature_statistics(feats)
-    scores = {"mnist_fd": frechet_distance(mu, sigma, real_mu, real_sigma),
-              "class_accuracy": None, "per_class_accuracy": None, "num_images": len(pixels)}
-    if labels is not None:
-        correct = preds == labels
-        scores["class_accuracy"] = correct.float().mean().item()
-        scores["per_class_accuracy"] = {k: correct[labels == k].float().mean().item()
-                                        for k in labels.unique().tolist()}
-    return scores
-
-
 # ------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $DIT_DATA_DIR or ./data)")
     p.add_argument("--cache-dir", default=CACHE_DIR,
                    help=f"where the real statistics are cached (default: {CACHE_DIR})")
-    p.add_argument("--dims", type=int, choices=INCEPTION_DIMS, default=2048,
-                   help="Inception feature size (default: 2048, the pool features of the "
-                        "standard FID)")
+    p.add_argument("--dims", type=int, choices=INCEPTION_DIMS, default=None,
+                   help="Inception feature size, for the FID (default: 2048, the pool features "
+                        "of the standard FID)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="images per batch through the networks (default: 100)")
@@ -327,6 +239,10 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.dims is not None and args.metric == "mnist":
+        raise UserError("--dims sets the Inception features of the FID, which --metric mnist does "
+                        "not compute: drop --dims, or pass --metric inception or all")
+    args.dims = args.dims or 2048
 
     # 1. The generated folder first: if nothing was sampled yet, that is the first thing to say.
     fake = read_fake_folder(args.fake, args.metric)
@@ -354,7 +270,7 @@ def run(args: argparse.Namespace) -> None:
         check_enough_images(len(fake.files), MnistClassifier.FEATURE_DIMS, args.fake, "MNIST-FD",
                             more)
         check_mnist_size(fake.pixels, f"the images in {args.fake}")
-        classifier = load_classifier(args.data_dir, device)
+        classifier = load_classifier(resolve_data_dir(args.data_dir), load_mnist, device)
     print(f"scoring {len(fake.files)} images in {args.fake} "
           f"against {len(real_files)} in {args.real}")
 
@@ -368,10 +284,10 @@ def run(args: argparse.Namespace) -> None:
         mu, sigma = feature_statistics(fake_features)
         print(f"FID: {frechet_distance(mu, sigma, real_mu, real_sigma):.2f}")
     if classifier is not None:
-        # The classifier is small: big batches are faster and fit anywhere.
-        scores = mnist_scores(fake, real=args.real, data_dir=args.data_dir, device=device,
-                              classifier=classifier, cache_dir=args.cache_dir,
-                              batch_size=max(args.batch_size, 500), real_files=real_files)
+        batch_size = max(args.batch_size, 500)  # the classifier is small: big batches fit anywhere
+        real = real_statistics(args.real, real_files, classifier, MnistClassifier.FEATURE_DIMS,
+                               args.cache_dir, batch_size, device)
+        scores = mnist_scores(classifier, fake.pixels, fake.labels, real, batch_size, device)
         print(f"MNIST-FD: {scores['mnist_fd']:.3f}")
         if scores["class_accuracy"] is None:
             print(f"warning: class accuracy skipped: {fake.no_labels_reason}", file=sys.stderr)
@@ -383,7 +299,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_reporting_user_errors(run, build_parser().parse_args(argv))
+    return exit_status(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

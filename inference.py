@@ -1,18 +1,24 @@
 """Sample digits from a trained DiT: a grid, pictures that teach, or image files for scoring.
 
-    python inference.py                                  # 10 x 10 grid, row k = digit k
+    python inference.py                                  # 10 x 10 grid of runs/default, row k = digit k
+    python inference.py --checkpoint pretrained/model.pth    # the shipped weights: no training
     python inference.py --labels 3 1 4 --cfg-scale 4     # rows for the digits 3, 1 and 4
     python inference.py --sampler ddpm                   # 1000-step ancestral sampling
     python inference.py --trajectory                     # x_t from noise to digit, and the
                                                          # predicted clean digit at each step
     python inference.py --guidance-strip                 # each digit at guidance 0, 1, 2, 4, 8
+    python inference.py --trajectory my_trajectory.png   # the picture where you say
     python inference.py --num-per-class 100 --out-dir images/fake   # 1,000 PNGs for fid_computer.py
 
-The model is rebuilt from the config stored in the checkpoint (checkpoint.py), with the EMA
-weights (they give cleaner samples than the raw weights; DiT section 4). A latent model
-(`train.py --preset latent`) samples latents, and the autoencoder stored in its checkpoint turns
-them into pixels, so every flag works the same for it. Sampling itself is in diffusion.py and the
-pictures in pictures.py; this file reads the flags and writes the files.
+The model is rebuilt from the config stored in the checkpoint, with the EMA weights (they give
+cleaner samples than the raw weights; DiT section 4), and samples with the checkpoint's sampler
+settings unless a flag changes them. A latent model (`train.py --preset latent`) samples latents,
+and the autoencoder stored in its checkpoint turns them into pixels, so every flag works the same
+for it. The grid goes beside the checkpoint when it is a run of yours in runs/, else into
+runs/samples/ (nothing is written into the tracked pretrained/ unless a flag says so), and the
+other pictures beside the grid unless their flag names a file. Sampling itself is in
+diffusion.py; support/sampling.py reads the config's settings and support/pictures.py lays the
+results out.
 """
 
 from __future__ import annotations
@@ -26,17 +32,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from autoencoder import Autoencoder
-from checkpoint import load_autoencoder, load_model, out_of_memory_as_error, use_bf16
-from config import (AMP_CHOICES, SAMPLERS, Config, UserError, apply_sampling_flags, pick_device,
-                    run_reporting_user_errors)
-from dataset import LABELLED_NAME, labelled_file_name, to_uint8
+from autoencoder import Autoencoder, autoencoder_of
+from config import SAMPLERS, Config
+from dataset import to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
-from pictures import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
-                      save_grid, save_guidance_strip, save_trajectory, trajectory_panels)
+from support.checkpoint import load_weights, read_checkpoint
+from support.cli import AMP_CHOICES, UserError, exit_status, out_of_memory_as_error, pick_device, use_bf16
+from support.image_files import LABELLED_NAME, labelled_file_name
+from support.pictures import save_grid, save_guidance_strip, save_trajectory
+from support.sampling import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
+                              trajectory_panels)
 
 DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes with no flags
+RUNS = Path("runs")  # every output of the scripts goes under here unless the user says otherwise
 
 
 # ------------------------------------------------------------------------------ files for scoring
@@ -80,87 +89,136 @@ def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, pe
     return [out_dir / name for name in names]
 
 
-# ------------------------------------------------------------------------------ main
+def pictures_dir(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's pictures go: beside it when it is a run in runs/, else runs/samples/
+    (the shipped weights live in the tracked pretrained/ folder, which sampling must not dirty)."""
+    folder = Path(checkpoint).resolve().parent
+    runs = RUNS.resolve()
+    return folder if folder == runs or runs in folder.parents else RUNS / "samples"
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample digits from a trained DiT.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the checkpoint's (ddim)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (DDPM always uses T)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; 1 = none")
-    p.add_argument("--labels", type=int, nargs="+", default=None, help="digits, one grid row each")
-    p.add_argument("--per-row", type=int, default=10, help="samples per digit in the grid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
-                        "(see checkpoint.use_bf16)")
-    p.add_argument("--output", default=None, help="grid PNG (default: <checkpoint dir>/grid.png)")
-    p.add_argument("--trajectory", action="store_true",
+
+# ------------------------------------------------------------------------------ the command line
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Sample digits from a trained DiT.")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help=f"a model.pth of train.py, or the shipped pretrained/model.pth (default: "
+                        f"{DEFAULT_CHECKPOINT})")
+    g = p.add_argument_group("sampling (default: the checkpoint's settings)")
+    g.add_argument("--sampler", choices=SAMPLERS)
+    g.add_argument("--steps", type=int, help="sampler steps of ddim, plms and dpm-solver++ "
+                                             "(ddpm always takes all T)")
+    g.add_argument("--eta", type=float, help="ddim's noise: 0 deterministic, 1 DDPM-like")
+    g.add_argument("--cfg-scale", type=float, help="guidance scale; 1 = none")
+    g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
+    g.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU (default: auto)")
+    g = p.add_argument_group("a grid and pictures (default: a 10 x 10 grid, row k = digit k)")
+    g.add_argument("--labels", type=int, nargs="+", help="digits, one grid row each (default: 0-9)")
+    g.add_argument("--per-row", type=int, help="samples per digit in the grid (default: 10)")
+    g.add_argument("--output", help="grid PNG (default: grid.png beside a checkpoint in runs/, "
+                                    "else runs/samples/grid.png)")
+    g.add_argument("--trajectory", nargs="?", const=True, metavar="PNG",
                    help="also save the denoising trajectory, x_t and the predicted x_0 at each "
-                        "shown step (<checkpoint dir>/trajectory.png)")
-    p.add_argument("--guidance-strip", action="store_true",
+                        "shown step (default file: trajectory.png beside the grid)")
+    g.add_argument("--guidance-strip", nargs="?", const=True, metavar="PNG",
                    help="also sample each digit at guidance 0, 1, 2, 4 and 8 from one noise "
-                        "(<checkpoint dir>/guidance.png)")
-    p.add_argument("--num-per-class", type=int, default=0,
+                        "(default file: guidance.png beside the grid)")
+    g = p.add_argument_group("image files for fid_computer.py")
+    g.add_argument("--num-per-class", type=int,
                    help="write this many PNG files per digit into --out-dir instead of a grid")
-    p.add_argument("--out-dir", default="images/fake", help="folder for --num-per-class files")
-    p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
-    return p
+    g.add_argument("--out-dir", help="folder for --num-per-class files (default: images/fake)")
+    g.add_argument("--batch-size", type=int, help="images sampled at once (default: 500)")
+    return p.parse_args(argv)
+
+
+def check_flags(args: argparse.Namespace, cfg: Config) -> None:
+    """Refuse the flags that would do nothing (a grid's with --num-per-class, the files' without
+    it, a setting the chosen sampler ignores), apply the sampling flags that were given to
+    cfg.sample, and check every value."""
+    def spelt(names):
+        return ", ".join(f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None)
+
+    if args.num_per_class is None and spelt(["out_dir", "batch_size"]):
+        raise UserError(f"{spelt(['out_dir', 'batch_size'])}: for the image files of "
+                        "--num-per-class only; add --num-per-class, or drop them")
+    grid = ["labels", "per_row", "output", "trajectory", "guidance_strip"]
+    if args.num_per_class is not None and spelt(grid):
+        raise UserError(f"--num-per-class writes image files only: drop {spelt(grid)}, or run "
+                        "them separately")
+    s = cfg.sample
+    for name in ["sampler", "steps", "eta", "cfg_scale"]:
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if args.eta is not None and s.sampler != "ddim":
+        raise UserError(f"--eta is DDIM's noise and {s.sampler} has none: drop --eta, or pass "
+                        "--sampler ddim")
+    if args.steps is not None and s.sampler == "ddpm":
+        raise UserError(f"ddpm always takes all {cfg.diffusion.num_timesteps} steps: drop --steps, "
+                        "or pass --sampler ddim, plms or dpm-solver++")
+    s.check(cfg.diffusion.num_timesteps)
+    for label in args.labels or []:
+        if not 0 <= label < cfg.model.num_classes:
+            raise UserError(f"label {label} is not a digit: labels must be 0 to "
+                            f"{cfg.model.num_classes - 1}")
+    for name in ["per_row", "batch_size", "num_per_class"]:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
 def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
-    model, cfg = load_model(args.checkpoint, device)
-    autoencoder = load_autoencoder(args.checkpoint, cfg, device)  # None for a model of pixels
-    apply_sampling_flags(cfg, args.sampler, args.steps, args.eta, args.cfg_scale, args.labels)
+    checkpoint = read_checkpoint(args.checkpoint)  # tensors and plain types only (weights_only)
+    cfg = Config.from_dict(checkpoint["config"], source=args.checkpoint)  # nothing is retyped
+    model = load_weights(DiT(cfg.model), checkpoint["ema"], args.checkpoint).to(device).eval()
+    autoencoder = autoencoder_of(checkpoint, cfg, args.checkpoint, device)  # None for pixels
+    check_flags(args, cfg)
     s = cfg.sample
-    if args.per_row <= 0 or args.batch_size <= 0 or args.num_per_class < 0:
-        raise UserError("--per-row and --batch-size must be positive, --num-per-class 0 or more")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     bf16 = use_bf16(args.amp, device)
-    steps_text = f"{cfg.diffusion.num_timesteps}" if s.sampler == "ddpm" else f"{s.steps}"
-    print(f"device: {device} | {s.sampler} with {steps_text} steps, eta {s.eta}, "
+    how = {"ddpm": f"{cfg.diffusion.num_timesteps} steps", "ddim": f"{s.steps} steps, eta {s.eta}"}
+    print(f"device: {device} | {s.sampler} with {how.get(s.sampler, f'{s.steps} steps')}, "
           f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}"
           + (" | latent model, decoded by its autoencoder" if autoencoder is not None else ""))
-    ckpt_dir = Path(args.checkpoint).parent
-    digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
 
+    if args.num_per_class is not None:
+        out_dir, batch_size = args.out_dir or "images/fake", args.batch_size or 500
+        with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
+                                    "--batch-size"):
+            paths = write_class_images(model, diffusion, cfg, args.num_per_class, out_dir, device,
+                                       batch_size, args.seed, bf16, autoencoder=autoencoder)
+        print(f"wrote {len(paths)} images to {out_dir}")
+        return
+
+    digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
+    per_row, folder = args.per_row or 10, pictures_dir(args.checkpoint)
     with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
-                                "--batch-size or --per-row"):
-        if args.num_per_class > 0:
-            if args.trajectory or args.guidance_strip or args.output:
-                raise UserError("--num-per-class writes image files only: drop --trajectory, "
-                                "--guidance-strip and --output, or run them separately")
-            paths = write_class_images(model, diffusion, cfg, args.num_per_class, args.out_dir,
-                                       device, args.batch_size, args.seed, bf16,
-                                       autoencoder=autoencoder)
-            print(f"wrote {len(paths)} images to {args.out_dir}")
-            return
+                                "--per-row or fewer --labels"):
         g = torch.Generator(device).manual_seed(args.seed)
-        grid = sample_grid(model, diffusion, cfg, digits, args.per_row, g, bf16, autoencoder)
-        out = Path(args.output) if args.output else ckpt_dir / "grid.png"
-        save_grid(grid, out, nrow=args.per_row)
-        print(f"grid ({len(digits)} rows x {args.per_row}): {out}")
-        if args.trajectory:
+        grid = sample_grid(model, diffusion, cfg, digits, per_row, g, bf16, autoencoder,
+                           progress=True)
+        out = Path(args.output) if args.output else folder / "grid.png"
+        save_grid(grid, out, nrow=per_row)
+        print(f"grid ({len(digits)} rows x {per_row}): {out}")
+        if args.trajectory is not None:
+            path = out.parent / "trajectory.png" if args.trajectory is True else Path(args.trajectory)
             g = torch.Generator(device).manual_seed(args.seed)
             panels = trajectory_panels(model, diffusion, cfg, torch.tensor(digits, device=device),
-                                       g, bf16, autoencoder)
-            path = ckpt_dir / "trajectory.png"
+                                       g, bf16, autoencoder, progress=True)
             save_trajectory(*panels, digits, path)
             print(f"trajectory: {path}")
-        if args.guidance_strip:
+        if args.guidance_strip is not None:
+            path = (out.parent / "guidance.png" if args.guidance_strip is True
+                    else Path(args.guidance_strip))
             strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16,
-                                   autoencoder)
-            path = ckpt_dir / "guidance.png"
+                                   autoencoder, progress=True)
             save_guidance_strip(strip, digits, GUIDANCE_SCALES, path)
             print(f"guidance strip (scales {', '.join(f'{x:g}' for x in GUIDANCE_SCALES)}): {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_reporting_user_errors(run, build_parser().parse_args(argv))
+    return exit_status(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@
                                                       # (or per CPU share, with gloo)
 
 Writes into --out-dir (default runs/default, runs/latent for the latent preset): model.pth
-(weights, EMA, optimiser, step, RNG states and the config; see checkpoint.py), samples/ (EMA
-sample grids, one row per digit), log.csv (the loss, the held-out loss by noise level, the
+(weights, EMA, optimiser, step, RNG states and the config; see support/checkpoint.py), samples/
+(EMA sample grids, one row per digit), log.csv (the loss, the held-out loss by noise level, the
 adaLN-Zero gates), loss.png and gates.png; with --preset latent also autoencoder.pth, the first
 stage (autoencoder.py), trained here before the DiT or reused, whose latents of the digits,
 encoded once, are the DiT's data. The file reads as DiT's train.py does: the pieces of a step
-(learning rate, EMA, `train_step`) and the log, then `train`: set up, the loop, checkpoints. The
-flags come from config.py, the process plumbing (torchrun, signals) from distributed.py, the
-pictures from pictures.py.
+(learning rate, EMA, `train_step`) and the log, then `train`: set up, the loop, checkpoints,
+and the command line at the end. What only makes it robust (checkpoints, torchrun, signals, the
+pictures) comes from support/, one floor down.
 
 References: DDPM (Ho et al. 2020) Algorithm 1; DiT (Peebles & Xie 2023) section 4 for AdamW,
 EMA and label dropout; classifier-free guidance (Ho & Salimans 2022); min-SNR weighting
@@ -36,20 +36,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from autoencoder import Autoencoder, encode_images, train_autoencoder
-from checkpoint import (checkpoint_config, load_autoencoder, load_weights, out_of_memory_as_error,
-                        read_autoencoder, read_checkpoint, read_log, save_autoencoder,
-                        save_checkpoint, set_rng_state, use_bf16, write_log)
-from config import Config, UserError, train_parser
+from autoencoder import Autoencoder, encode_images, first_stage
+from config import PRESETS, Config
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
-from distributed import (Processes, StopRequests, agree, barrier, check_ranks_in_sync, gather_rng,
-                         setup_processes, teardown_processes)
 from dit import DiT
-from pictures import sample_grid, save_gates_plot, save_grid, save_loss_plot
+from support.checkpoint import (load_weights, read_checkpoint, read_log, save_checkpoint,
+                                set_rng_state, write_log)
+from support.cli import (AMP_CHOICES, UserError, add_override_flags, config_from_args, exit_status,
+                         out_of_memory_as_error, use_bf16)
+from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather_rng,
+                                 processes)
+from support.pictures import save_gates_plot, save_grid, save_loss_plot
+from support.sampling import sample_grid
+from support.schedule import half_cosine
 
 CHECKPOINT_NAME = "model.pth"
-AUTOENCODER_NAME = "autoencoder.pth"  # the latent preset's first stage, kept to reuse
 
 
 # ------------------------------------------------------------------------------ the step
@@ -63,7 +65,7 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
     lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else t.lr
     if t.lr_decay and total_steps > t.warmup_steps:
         done = min(1.0, max(0, step - t.warmup_steps) / (total_steps - t.warmup_steps))
-        lr *= 0.5 * (1 + math.cos(math.pi * done))
+        lr *= half_cosine(done)
     return lr
 
 
@@ -118,12 +120,16 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
         if ckpt_path.exists() and not args.overwrite:
             raise UserError(f"{ckpt_path} already exists: pass --resume to continue that run, "
                             "--overwrite to replace it, or another --out-dir")
-        return Config.from_args(args), None
+        return config_from_args(args, PRESETS), None
+    if args.overwrite:
+        raise UserError("--resume continues the run in --out-dir and --overwrite replaces it: "
+                        "pass one of them")
     if not ckpt_path.exists():
         raise UserError(f"nothing to resume: no checkpoint at {ckpt_path}; drop --resume to "
                         "start a new run, or pass the --out-dir of the run to continue")
     checkpoint = read_checkpoint(ckpt_path, with_training_state=True)
-    cfg = Config.from_args(args, resumed=checkpoint_config(checkpoint, ckpt_path))
+    resumed = Config.from_dict(checkpoint["config"], source=ckpt_path)
+    cfg = config_from_args(args, PRESETS, resumed=resumed)
     # Exact resume needs the same processes and precision: the data shards, each rank's RNG
     # stream and the arithmetic all depend on them.
     was = (checkpoint.get("world_size", 1), checkpoint.get("bf16", bf16))
@@ -132,37 +138,6 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
                         f"{'on' if was[1] else 'off'}; resume it the same way (torchrun "
                         f"--nproc_per_node, --amp), or start a new run")
     return cfg, checkpoint
-
-
-def first_stage(args: argparse.Namespace, cfg: Config, resuming: bool, images: torch.Tensor,
-                procs: Processes) -> Autoencoder:
-    """The latent preset's autoencoder: a resumed run's own (inside its checkpoint), the one
-    --autoencoder names, the one an earlier start left in <out-dir> (unless --overwrite), or a
-    new one trained now on the digits, by the first process while the others wait."""
-    out_dir, device = Path(args.out_dir), procs.device
-    if resuming:
-        if args.autoencoder:
-            raise UserError("a resumed run decodes with the autoencoder it was trained with: drop "
-                            "--autoencoder")
-        return load_autoencoder(out_dir / CHECKPOINT_NAME, cfg, device)
-    path = Path(args.autoencoder) if args.autoencoder else out_dir / AUTOENCODER_NAME
-    reuse = bool(args.autoencoder) or (path.exists() and not args.overwrite)
-    barrier(procs)  # every rank has looked for the file before the first one can write it
-    if reuse:
-        autoencoder, seconds = read_autoencoder(path, cfg.autoencoder)
-        if procs.is_main:
-            print(f"autoencoder: {path} (trained in {seconds:.0f} s), reused")
-        return autoencoder.to(device)
-    if procs.is_main:
-        started = time.time()
-        autoencoder, log = train_autoencoder(images, cfg.autoencoder, device, cfg.train.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_autoencoder(path, autoencoder, time.time() - started)
-        print(f"autoencoder: trained in {time.time() - started:.0f} s, reconstruction "
-              f"{log[-1]['reconstruction']:.1f} nats/image, KL {log[-1]['kl']:.0f}, scale factor "
-              f"{autoencoder.scale_factor.item():.4f}; saved to {path}")
-    barrier(procs)  # the others read what the first one wrote
-    return autoencoder if procs.is_main else read_autoencoder(path, cfg.autoencoder)[0].to(device)
 
 
 def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg: Config,
@@ -198,9 +173,9 @@ def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool
 
 # ------------------------------------------------------------------------------ training
 
-def train(args: argparse.Namespace) -> int:
-    # Set up: processes and device, config (new or resumed), data, model, EMA, optimiser.
-    procs = setup_processes(args.device)
+def train(args: argparse.Namespace, procs: Processes) -> int:
+    """Train as process procs.rank of the run; returns the exit status."""
+    # Set up: device, config (new or resumed), data, model, EMA, optimiser.
     device, out_dir = procs.device, Path(args.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     bf16 = use_bf16(args.amp, device)
@@ -219,7 +194,9 @@ def train(args: argparse.Namespace) -> int:
         raise UserError(f"--autoencoder is for --preset latent; preset {cfg.preset} trains on "
                         "pixels: drop the flag")
     if cfg.autoencoder is not None:  # the latent preset: the DiT's data are latents, encoded once
-        autoencoder = first_stage(args, cfg, checkpoint is not None, images, procs)
+        autoencoder = first_stage(cfg.autoencoder, images, out_dir, procs, cfg.train.seed,
+                                  reuse=args.autoencoder, overwrite=args.overwrite,
+                                  resumed=checkpoint)
         images = encode_images(autoencoder, images, cfg.train.seed)
         heldout = (encode_images(autoencoder, test_images[:n], cfg.train.seed), heldout[1])
     batches = InMemoryBatches(images, labels, cfg.train.batch_size, device, cfg.train.seed,
@@ -341,21 +318,42 @@ def train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ command line
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line (config.train_parser lists every flag) -> train(); a user mistake is one
-    line on stderr and exit status 1, never a traceback."""
-    args = train_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Where the run goes and how it runs, then --preset and one flag per config field it may
+    override (support.cli.add_override_flags; --help lists each preset's value)."""
+    p = argparse.ArgumentParser(description="Train a class-conditional DiT on MNIST.")
+    p.add_argument("--out-dir", default=None,
+                   help="where model.pth, samples/, loss.png and log.csv go (default: "
+                        "runs/default, or runs/latent for --preset latent)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/ (default: $DIT_DATA_DIR or ./data)")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/model.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if <out-dir>/model.pth exists")
+    p.add_argument("--autoencoder", default=None,
+                   help="--preset latent: reuse this finished autoencoder.pth (default: the one "
+                        "in <out-dir> if there is one, else train a new one there)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow start, faster steps)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="bf16 autocast: auto = on for CUDA, off on a CPU (default: auto)")
+    add_override_flags(p, PRESETS)
+    args = p.parse_args(argv)
     args.out_dir = args.out_dir or ("runs/latent" if args.preset == "latent" else "runs/default")
-    try:
-        return train(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C before the training loop began: nothing to save yet
-        print("interrupted before training started; nothing was saved", file=sys.stderr)
-        return 130
-    finally:
-        teardown_processes()
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """train() as this process of the run: the only one for `python train.py`, one of several
+    under torchrun; they leave the process group together (support.distributed.processes)."""
+    with processes(args.device) as procs:
+        return train(args, procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A user's mistake is one line on stderr and exit status 1, never a traceback."""
+    return exit_status(run, parse_args(argv))
 
 
 if __name__ == "__main__":

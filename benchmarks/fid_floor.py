@@ -7,7 +7,7 @@ set are not 0: the two sets are different samples, and the Frechet distance esti
 finite sample is biased upwards, the more so the fewer the images. So this is what "as good as it
 gets" looks like at each size, and generated sets must be compared with the floor at their size.
 Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
-fid_computer.mnist_scores against the test set in images/real, labels from the training set.
+common.MnistJudge against the MNIST test set, labels from the training set.
 (For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
 folder to `fid_computer.py --fake`.)
 """
@@ -15,10 +15,8 @@ folder to `fid_computer.py --fake`.)
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MnistJudge  # beside this file in benchmarks/
 
 
 def main() -> None:
@@ -30,19 +28,16 @@ def main() -> None:
 
     import torch
 
-    import fid_computer as fc
     from dataset import load_mnist, resolve_data_dir
-    from mnist_classifier import load_classifier
 
-    data_dir = resolve_data_dir(args.data_dir)
-    images, labels = load_mnist(data_dir, train=True)
-    classifier = load_classifier(data_dir)
+    images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
+    judge = MnistJudge(args.data_dir)
     print("| real training digits | seed | MNIST-FD | class accuracy |")
     print("|---|---|---|---|")
     for n in args.sizes:
         for seed in args.seeds:
             idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-            s = fc.mnist_scores(images[idx], labels[idx], data_dir=data_dir, classifier=classifier)
+            s = judge.score(images[idx], labels[idx])
             row = f"| {n:,} | {seed} | {s['mnist_fd']:.2f} | {s['class_accuracy']:.4f} |"
             print(row, flush=True)
 

@@ -45,6 +45,8 @@ else
 fi
 WORK=${GPU_CHECK_WORK:-runs/gpu_check}
 DATA=${DIT_DATA_DIR:-data}
+ROOT=$PWD
+DATA_ABS=$(realpath -m "$DATA")
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/check.log"
 SUMMARY="$OUT/summary.md"
@@ -131,11 +133,14 @@ grep -E "^(trained|time limit)" "$LOG" | sed 's/^/  /' >> "$SUMMARY"
 #    test set. The floor, real training digits at 10,000 images: MNIST-FD 3.4-3.9.
 step "sample" python3 inference.py --checkpoint "$WORK/run/model.pth" --device "$DEVICE" \
     --num-per-class "$PER_CLASS" --out-dir "$WORK/fake" --batch-size "$BATCH"
-step "real digits" python3 -c "import sys, fid_computer; print('exported', \
-    fid_computer.export_real_images(sys.argv[1], sys.argv[2], progress=False), 'test digits')" \
-    "$DATA" "$WORK/real"
-step "score" python3 fid_computer.py --metric mnist --device "$DEVICE" --fake "$WORK/fake" \
-    --real "$WORK/real" --cache-dir "$WORK/cache" --data-dir "$DATA"
+# fid_computer.py exports the MNIST test set to images/real and caches its statistics in
+# images/cache, both relative to where it runs: it runs inside $WORK, so that the check leaves
+# the repository's own images/ alone.
+score() {
+    (cd "$WORK" && python3 "$ROOT/fid_computer.py" --metric mnist --device "$DEVICE" --fake fake \
+        --data-dir "$DATA_ABS")
+}
+step "score" score
 grep -E "^(MNIST-FD|class accuracy|per digit)" "$LOG" | sed 's/^/  /' >> "$SUMMARY"
 
 say "- failed steps: $FAILED"

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
+from common import MnistJudge  # beside this file in benchmarks/
+from csv_rows import append_row, read_rows
 
 # name -> the fields of AutoencoderConfig that differ from the preset's
 TRIALS = {
@@ -46,13 +43,12 @@ def balanced(labels, per_class: int = 100):
     return torch.cat([(labels == k).nonzero()[:per_class, 0] for k in range(10)])
 
 
-def run_trial(name: str, images, labels, test_images, classifier, data_dir) -> dict:
+def run_trial(name: str, images, labels, test_images, judge: MnistJudge) -> dict:
     import torch
 
     from autoencoder import encode_images, train_autoencoder
     from config import get_preset
     from dataset import to_model_range
-    from fid_computer import mnist_scores
 
     cfg = dataclasses.replace(get_preset("latent").autoencoder, **TRIALS[name])
     started = time.time()
@@ -65,9 +61,8 @@ def run_trial(name: str, images, labels, test_images, classifier, data_dir) -> d
                            for chunk in x.split(1000)]).median().item()
         idx = balanced(labels)
         recon = model.to_pixels(encode_images(model, images[idx]))
-    scores = mnist_scores(recon, labels[idx], data_dir=data_dir, classifier=classifier)
-    real = mnist_scores(to_model_range(images[idx]), labels[idx], data_dir=data_dir,
-                        classifier=classifier)
+    scores = judge.score(recon, labels[idx])
+    real = judge.score(images[idx], labels[idx])
     return {"trial": name, "latent_channels": cfg.latent_channels,
             "latent_dims": cfg.latent_channels * 64, "kl_weight": cfg.kl_weight,
             "channels": cfg.channels, "params": sum(p.numel() for p in model.parameters()),
@@ -86,18 +81,17 @@ def main() -> None:
     args = p.parse_args()
 
     from dataset import load_mnist, resolve_data_dir
-    from fid_computer import load_classifier
 
     data_dir = resolve_data_dir(args.data_dir)
     images, labels = load_mnist(data_dir, train=True)
     test_images, _ = load_mnist(data_dir, train=False)
-    classifier = load_classifier(data_dir, "cpu")
+    judge = MnistJudge(args.data_dir)
     path = Path(args.csv)
     done = {r["trial"] for r in read_rows(path)}
     for name in args.trials:
         if name in done:
             continue
-        row = run_trial(name, images, labels, test_images, classifier, data_dir)
+        row = run_trial(name, images, labels, test_images, judge)
         print(row, flush=True)
         append_row(path, FIELDS, row)
 

@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
+from common import ROOT  # beside this file in benchmarks/; puts the project on the path
+from csv_rows import append_row, read_rows
 
 FIELDS = ["preset", "seed", "train_wall_s", "autoencoder_s", "train_images_per_s", "dit_params",
           "autoencoder_params", "sample_images_per_s", "mnist_fd", "class_accuracy"]
@@ -48,7 +46,7 @@ def found(pattern: str, text: str) -> float:
 
 
 def run_one(preset: str, seed: int, args) -> dict:
-    from checkpoint import read_checkpoint
+    from support.checkpoint import read_checkpoint
 
     out = Path(args.out_dir) / f"{preset}-seed{seed}"
     python = sys.executable

@@ -11,9 +11,9 @@ accuracy) in benchmarks/sampler_study.py. Every row is the pair of commands
 
     python train.py --max-steps STEPS --sample-every 1000000000 --out-dir OUT/SLUG --overwrite FLAGS
     python benchmarks/sampler_study.py --checkpoint OUT/SLUG/model.pth --samplers ddim --steps 50
-        --num NUM
+        --num NUM --out OUT/SLUG/sweep.csv
 
-run in this process (SLUG is the lever's name with underscores for spaces, e.g.
+each in a process of its own (SLUG is the lever's name with underscores for spaces, e.g.
 runs/levers/no_min-SNR), so a row can be rerun by hand. One training seed per row: the `seed 1` row
 (the default with another seed) shows how far two runs of the same recipe land apart, which is the
 yardstick for the other differences.
@@ -26,7 +26,7 @@ import csv
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # beside this file in benchmarks/
 
 # name -> (train.py flags, what the row changes). The default first: every other row is read
 # against it and against "seed 1".
@@ -55,20 +55,18 @@ class LeverFailed(Exception):
 
 def run_lever(name: str, steps: int, num: int, out_dir: Path, data_flags: list[str]) -> dict:
     """Train and score one lever; the scores as a dict (the sweep CSV's one row)."""
-    import sampler_study
-    import train
-
     flags, _ = LEVERS[name]
     run_dir = out_dir / slug(name)
-    status = train.main(["--max-steps", str(steps), "--sample-every", str(10**9), "--out-dir",
+    status = common.run_train(["--max-steps", str(steps), "--sample-every", str(10**9), "--out-dir",
                          str(run_dir), "--overwrite", *data_flags, *flags])
     if status != 0:
         raise LeverFailed(f"training '{name}' " + ("was interrupted" if status == 130
                                                    else f"failed with status {status}"))
     csv_path = run_dir / "sweep.csv"
-    status = sampler_study.main(["--checkpoint", str(run_dir / train.CHECKPOINT_NAME),
-                                 "--samplers", "ddim", "--steps", "50", "--num", str(num),
-                                 "--out", str(csv_path), *data_flags])
+    status = common.run_script("benchmarks/sampler_study.py",
+                               ["--checkpoint", str(run_dir / "model.pth"), "--samplers", "ddim",
+                                "--steps", "50", "--num", str(num), "--out", str(csv_path),
+                                *data_flags])
     if status != 0:
         raise LeverFailed(f"scoring '{name}' failed with status {status}")
     with open(csv_path, newline="") as f:
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before the first run, not after minutes of training.
     if args.steps <= 0:
         p.error(f"--steps must be positive, got {args.steps}")
-    from mnist_classifier import MnistClassifier
+    from support.mnist_classifier import MnistClassifier
     least = MnistClassifier.FEATURE_DIMS + 1  # fewer images give a singular feature covariance
     least = -(-least // 10) * 10  # and the same number of each of the 10 digits
     if args.num < least or args.num % 10:

@@ -13,11 +13,9 @@ Default steps: DDPM 1000 (it has no other), DDIM 50, PLMS 50, DPM-Solver++ 20.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import load_model  # beside this file in benchmarks/
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "plms": 50, "dpm-solver++": 20}
 
@@ -36,8 +34,8 @@ def main() -> None:
 
     import torch
 
-    from checkpoint import load_model, use_bf16
-    from config import get_preset, pick_device
+    from config import get_preset
+    from support.cli import pick_device, use_bf16
     from diffusion import GaussianDiffusion
     from dit import DiT
 

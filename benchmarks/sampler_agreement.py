@@ -14,11 +14,9 @@ appears only in bf16 is rounding in the network's noise predictions, amplified b
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import load_model  # beside this file in benchmarks/
 
 
 def main() -> None:
@@ -32,10 +30,9 @@ def main() -> None:
 
     import torch
 
-    from checkpoint import load_model
-    from config import pick_device
+    from support.cli import pick_device
     from diffusion import GaussianDiffusion
-    from pictures import class_labels
+    from support.sampling import class_labels
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)

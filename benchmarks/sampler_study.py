@@ -8,13 +8,13 @@ DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ ru
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
 the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
 `--eta`, 0 unless given, so that it is deterministic like PLMS and DPM-Solver++), times the
-sampling, and scores the images in memory with fid_computer.mnist_scores (MNIST-FD against the
-MNIST test set in images/real, and class accuracy). Writes a CSV (one row per sampler and step
+sampling, and scores the images in memory with common.MnistJudge (MNIST-FD against the MNIST
+test set, and class accuracy). Writes a CSV (one row per sampler and step
 count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
 a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
 checkpoint).
 
-The network runs under the project's bf16 policy (`--amp`, checkpoint.use_bf16); bf16 rounds each
+The network runs under the project's bf16 policy (`--amp`, support.cli.use_bf16); bf16 rounds each
 noise prediction to about 3 significant digits, which PLMS, combining four of them with large
 coefficients, turns into visible differences: use `--amp off` to compare samplers closely.
 """
@@ -22,13 +22,13 @@ coefficients, turns into visible differences: use `--amp off` to compare sampler
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MnistJudge, load_model  # beside this file in benchmarks/
 
 SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
@@ -36,8 +36,8 @@ COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from config import AMP_CHOICES
-    from diffusion import SAMPLERS
+    from config import SAMPLERS
+    from support.cli import AMP_CHOICES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/default/model.pth",
@@ -67,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="folder holding MNIST/raw/ and the classifier "
                         "(default: $DIT_DATA_DIR or ./data)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where the real statistics are cached (default: fid_computer's)")
     return p
 
 
@@ -76,42 +74,41 @@ def sweep(args: argparse.Namespace) -> Path:
     """Sample, time and score every row; returns the CSV's path."""
     import torch
 
-    import fid_computer
-    from checkpoint import load_model, out_of_memory_as_error, use_bf16
-    from config import UserError, apply_sampling_flags, pick_device
     from diffusion import GaussianDiffusion
-    from mnist_classifier import MnistClassifier, load_classifier
-    from pictures import class_labels, generate
+    from support.cli import UserError, out_of_memory_as_error, pick_device, use_bf16
+    from support.frechet import check_enough_images
+    from support.mnist_classifier import MnistClassifier
+    from support.sampling import class_labels, generate
 
     device = pick_device(args.device)
     checkpoint = Path(args.checkpoint)
     model, cfg = load_model(checkpoint, device)
-    apply_sampling_flags(cfg, None, None, None, args.cfg_scale)  # None: the checkpoint's
+    if args.cfg_scale is not None:  # else the checkpoint's
+        cfg.sample.cfg_scale = args.cfg_scale
     classes, T = cfg.model.num_classes, cfg.diffusion.num_timesteps
     if args.num <= 0 or args.num % classes:
         raise UserError(f"--num must be a positive multiple of {classes}, so that every digit gets "
                         f"as many images, got {args.num}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    fid_computer.check_enough_images(args.num, MnistClassifier.FEATURE_DIMS, f"--num {args.num}",
-                                     "MNIST-FD", "pass a larger --num")
+    check_enough_images(args.num, MnistClassifier.FEATURE_DIMS, f"--num {args.num}", "MNIST-FD",
+                        "pass a larger --num")
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
             for steps in ([T] if sampler == "ddpm" else args.steps)]
-    for sampler, steps in runs:  # every bad step count fails now, not after an hour
-        apply_sampling_flags(copy.deepcopy(cfg), sampler, steps, args.eta)  # checks them
+    for sampler, steps in runs:  # every bad setting fails now, not after an hour
+        dataclasses.replace(cfg.sample, sampler=sampler, steps=steps, eta=args.eta).check(T)
     out = Path(args.out) if args.out else checkpoint.parent / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    classifier = load_classifier(args.data_dir, device)
+    judge = MnistJudge(args.data_dir, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
-    cache_dir = args.cache_dir or fid_computer.CACHE_DIR
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
           f"{cfg.sample.cfg_scale}, seed {args.seed}, bf16 {'on' if bf16 else 'off'}")
 
     rows = []
     for sampler, steps in runs:
-        apply_sampling_flags(cfg, sampler, steps, args.eta, None)
+        cfg.sample = dataclasses.replace(cfg.sample, sampler=sampler, steps=steps, eta=args.eta)
         g = torch.Generator(device).manual_seed(args.seed)
         start = time.perf_counter()
         with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
@@ -121,9 +118,7 @@ def sweep(args: argparse.Namespace) -> Path:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        scores = fid_computer.mnist_scores(images, labels.cpu(), data_dir=args.data_dir,
-                                           device=device, classifier=classifier,
-                                           cache_dir=cache_dir)
+        scores = judge.score(images, labels)
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
                      "mnist_fd": round(scores["mnist_fd"], 4),
                      "class_accuracy": round(scores["class_accuracy"], 4),
@@ -147,7 +142,7 @@ def write_sweep(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from checkpoint import atomic_write
+    from support.checkpoint import atomic_write
 
     atomic_write(out, lambda f: write_rows(f, rows), text=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -172,7 +167,7 @@ def write_sweep(rows: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import UserError
+    from support.cli import UserError
 
     args = build_parser().parse_args(argv)
     try:

@@ -11,7 +11,8 @@ from scratch for each compute budget (total training GFLOPs = GFLOPs per image, 
 backward, from the shapes as `train_throughput.model_flops_per_image` counts them, times the
 images seen), with the default recipe and its full cosine decay over that length; then its EMA
 draws 1,000 digits (100 of each, the default sampler: DDIM, 50 steps, eta 1, guidance 1.6, seed
-0) and `fid_computer.mnist_scores` gives MNIST-FD and class accuracy.
+0) and `common.MnistJudge` gives MNIST-FD and class accuracy. Each run is `python train.py` with
+the shape's flags, in a process of its own.
 
 The compute is counted, not timed: wall time on a shared CPU says little, and the question is
 about FLOPs. Rows go to --out (a CSV) as each run finishes; a run already in the CSV is skipped, so an
@@ -25,10 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from csv_rows import append_row, read_rows  # noqa: E402  (beside this file in benchmarks/)
+from common import MnistJudge, load_model, run_train  # beside this file in benchmarks/
+from csv_rows import append_row, read_rows
 
 # name -> (patch, width, depth, heads): patch 7 and 4, widths 64 to 192, depths 2 to 6; the
 # default is p7-w96-d4. Heads keep a head width of 16 to 32.
@@ -44,16 +43,13 @@ FIELDS = ["shape", "patch", "width", "depth", "params", "gflop_per_image", "budg
           "images", "total_gflop", "mnist_fd", "class_accuracy"]
 
 
-def run_one(name: str, budget_tflop: float, args, classifier) -> dict:
+def run_one(name: str, budget_tflop: float, args, judge: MnistJudge) -> dict:
     """Train one shape for one compute budget, then sample and score it."""
     import torch
 
-    import train
-    from checkpoint import load_model
     from config import ModelConfig
     from diffusion import GaussianDiffusion
-    from fid_computer import mnist_scores
-    from pictures import class_labels, generate
+    from support.sampling import class_labels, generate
     from train_throughput import model_flops_per_image
 
     patch, width, depth, heads = SHAPES[name]
@@ -62,19 +58,19 @@ def run_one(name: str, budget_tflop: float, args, classifier) -> dict:
     batch = 64  # the default's batch: the budget sets the steps, not the batch
     steps = max(1, round(budget_tflop * 1e12 / (flops * batch)))
     out = Path(args.out_dir) / f"{name}_{budget_tflop:g}tflop"
-    status = train.main(["--out-dir", str(out), "--overwrite", "--max-steps", str(steps),
+    status = run_train(["--out-dir", str(out), "--overwrite", "--max-steps", str(steps),
                          "--patch-size", str(patch), "--hidden-size", str(width), "--depth",
                          str(depth), "--num-heads", str(heads), "--batch-size", str(batch),
                          "--sample-every", str(10**9), "--device", "cpu",
                          *(["--data-dir", args.data_dir] if args.data_dir else [])])
     if status != 0:
         sys.exit(f"training {name} at {budget_tflop:g} TFLOP failed with status {status}")
-    model, cfg = load_model(out / train.CHECKPOINT_NAME)
+    model, cfg = load_model(out / "model.pth")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes)
     g = torch.Generator().manual_seed(0)
     images = torch.cat([generate(model, diffusion, chunk, cfg, g) for chunk in labels.split(250)])
-    scores = mnist_scores(images, labels, data_dir=args.data_dir, classifier=classifier)
+    scores = judge.score(images, labels)
     return {"shape": name, "patch": patch, "width": width, "depth": depth,
             "params": sum(p.numel() for p in model.parameters()),
             "gflop_per_image": round(flops / 1e9, 5), "budget_tflop": budget_tflop,
@@ -127,15 +123,13 @@ def main() -> None:
     out = Path(args.out)
     rows = read_rows(out)
     if not args.plot_only:
-        from mnist_classifier import load_classifier
-
-        classifier = load_classifier(args.data_dir)
+        judge = MnistJudge(args.data_dir)
         done = {(r["shape"], float(r["budget_tflop"])) for r in rows}
         for budget in sorted(args.budgets):  # the cheapest runs of every shape first
             for name in args.shapes:
                 if (name, budget) in done:
                     continue
-                row = run_one(name, budget, args, classifier)
+                row = run_one(name, budget, args, judge)
                 append_row(out, FIELDS, row)  # appended: two parts may run at once
                 print(row, flush=True)
         rows = read_rows(out)  # with the rows that other parts wrote meanwhile

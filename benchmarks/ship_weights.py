@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # beside this file in benchmarks/; puts the project on the path
 
 
 def main() -> None:
@@ -27,7 +25,7 @@ def main() -> None:
     p.add_argument("--command", default="python train.py", help="the command that trained it")
     args = p.parse_args()
 
-    from checkpoint import ship_weights
+    from support.checkpoint import ship_weights
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip() or "unknown"

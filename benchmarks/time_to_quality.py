@@ -8,7 +8,7 @@ the default's learning rate decays to zero at the run's last step, so a 4-epoch 
 differently from the first 4 epochs of an 8-epoch one. The table gives each run's training time
 (the loop's clock, without start-up, sample grids or scoring), then its EMA model draws `--num`
 digits (the same number of each, the checkpoint's default sampler and guidance, a fixed seed)
-and fid_computer.mnist_scores scores them in memory: MNIST-FD (Frechet distance of the MNIST
+and common.MnistJudge scores them in memory: MNIST-FD (Frechet distance of the MNIST
 classifier's penultimate features to the MNIST test set) and class accuracy (the share of
 digits that the classifier reads as the digit asked for).
 
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MnistJudge, load_model, run_train  # beside this file in benchmarks/
 
 
 def main() -> None:
@@ -44,26 +44,21 @@ def main() -> None:
 
     import torch
 
-    from config import pick_device
-
-    import train
-    from checkpoint import load_model, use_bf16
     from diffusion import GaussianDiffusion
-    from fid_computer import mnist_scores
-    from pictures import class_labels, generate
-    from mnist_classifier import load_classifier
+    from support.cli import pick_device, use_bf16
+    from support.sampling import class_labels, generate
 
     device = pick_device(args.device)
-    classifier = load_classifier(args.data_dir, device)
+    judge = MnistJudge(args.data_dir, device)
     data_flags = ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []
     for epochs in sorted(args.epochs):
         out = Path(args.out_dir) / f"epochs_{epochs}"
-        ckpt = out / train.CHECKPOINT_NAME
+        ckpt = out / "model.pth"
         flags = ["--preset", args.preset, "--out-dir", str(out), "--epochs", str(epochs),
                  "--sample-every", str(10**9), "--device", str(device), *data_flags, *extra]
         # --resume finishes an interrupted run and leaves a finished one as it is.
-        status = train.main(flags + (["--resume"] if ckpt.exists() else []))
+        status = run_train(flags + (["--resume"] if ckpt.exists() else []))
         if status != 0:
             sys.exit(f"training failed with status {status}")
 
@@ -77,8 +72,7 @@ def main() -> None:
         images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
                             for chunk in labels.split(250)])  # 250 at a time: bounded memory
         sample_sec = time.perf_counter() - t
-        scores = mnist_scores(images, labels.cpu(), data_dir=args.data_dir, device=device,
-                              classifier=classifier)
+        scores = judge.score(images, labels)
         s = cfg.sample
         eta = f" eta {s.eta:g}" if s.sampler == "ddim" else ""  # DDIM alone takes eta
         rows.append((epochs, state["step"], state["step"] * cfg.train.batch_size,

@@ -4,8 +4,10 @@
     python benchmarks/train_throughput.py --presets cpu --amp off bf16 --naive
     python benchmarks/train_throughput.py --presets cpu --set model.patch_size=2 --naive --compile
 
-For each preset it times the real training step of train.py (`train_step` + `update_ema`, batches
-cut from an in-memory tensor) after a warm-up, and prints one table row. It also measures the
+For each preset it times the training step of train.py (`training_step` below: train.py's
+`train_step` and `update_ema`, written out because a benchmark imports no script; a test checks
+that the two leave bit-identical weights; batches cut from an in-memory tensor) after a warm-up,
+and prints one table row. It also measures the
 machine's matmul peak (a large square fp32 and bf16 matrix product) and reports the share of it
 that training reaches: model FLOPs per image (derived from the shapes, forward and backward, see
 `model_flops_per_image`) times images/s, over the peak.
@@ -38,8 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # beside this file in benchmarks/; puts the project on the path
 
 
 def matmul_peak_gflops(device, dtype, n: int = 2048, reps: int = 10) -> float:
@@ -100,7 +101,7 @@ def apply_overrides(cfg, overrides: list[str]):
     inside the model, while width 64 with 4 heads may be set in either order."""
     import dataclasses
 
-    from config import UserError
+    from support.cli import UserError
 
     changes: dict[str, dict] = {}
     for item in overrides:
@@ -124,6 +125,38 @@ def apply_overrides(cfg, overrides: list[str]):
     return cfg
 
 
+def make_optimizer(model, cfg):
+    """train.py's optimiser: AdamW with one fused kernel for every tensor."""
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                             weight_decay=cfg.train.weight_decay, fused=True)
+
+
+def training_step(model, ema, diffusion, optimizer, x0, y, cfg, step: int, bf16: bool,
+                  train_model=None) -> float:
+    """One step of train.py at the peak learning rate: the noise-prediction loss (DDPM Algorithm
+    1, min-SNR weighted), its gradient clipped, the AdamW step, then the EMA update with the
+    decay of this step (its warm-up included). train_model is what the step calls (a compiled
+    wrapper of `model`); returns the loss."""
+    import torch
+
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = diffusion.training_loss(train_model or model, x0, y, cfg.train.min_snr_gamma)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    decay = cfg.train.ema_decay
+    if cfg.train.ema_warmup:
+        decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+    return loss.item()
+
+
 def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: list[str],
             device_name: str | None, seconds: float, profile_top: int = 0) -> dict:
     """Time one configuration; runs inside its own subprocess (see main)."""
@@ -132,12 +165,11 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
 
     import torch
 
-    import train
-    from checkpoint import use_bf16
     from config import get_preset
     from dataset import InMemoryBatches
     from diffusion import GaussianDiffusion
     from dit import DiT
+    from support.cli import use_bf16
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = apply_overrides(get_preset(preset), overrides)
@@ -162,7 +194,7 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
         model = DiT(cfg.model).to(device)
         batches = (b for epoch in range(1000) for b in InMemoryBatches(images, labels, B, device).epoch(epoch))
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     flops = model_flops_per_image(cfg.model)
     # As in train.py: the compiled module shares its parameters with `model`, which the EMA reads.
     step_model = torch.compile(model) if compile_model else model
@@ -170,8 +202,7 @@ def run_row(preset: str, amp: str, naive: bool, compile_model: bool, overrides: 
     def step(i):
         x0, y = next(batches)
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        train.train_step(step_model, diffusion, optimizer, x0, y, cfg, cfg.train.lr, bf16)
-        train.update_ema(ema, model, train.ema_decay_at(i, cfg))
+        training_step(model, ema, diffusion, optimizer, x0, y, cfg, i, bf16, step_model)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -249,7 +280,8 @@ def main() -> None:
 
     import torch
 
-    from config import get_preset, pick_device
+    from config import get_preset
+    from support.cli import pick_device
 
     for preset in args.presets:  # a bad --set fails here, once, not in every row's subprocess
         apply_overrides(get_preset(preset), args.set)

@@ -52,3 +52,33 @@ class X0Oracle:
 
     def forward_with_cfg(self, x, t, y, cfg_scale):
         return self.diffusion.predict_eps_from_x0(x, t, self.x0)
+
+
+def load_model(path, device="cpu", use_ema=True):
+    """(DiT, Config) rebuilt from a checkpoint as inference.py rebuilds it: the stored config,
+    then the EMA (or with use_ema=False the raw) weights."""
+    from config import Config
+    from dit import DiT
+    from support.checkpoint import load_weights, read_checkpoint
+
+    checkpoint = read_checkpoint(path, with_training_state=not use_ema)
+    cfg = Config.from_dict(checkpoint["config"], source=path)
+    model = load_weights(DiT(cfg.model), checkpoint["ema" if use_ema else "model"], path)
+    return model.to(device).eval(), cfg
+
+
+def load_autoencoder(path, cfg, device="cpu"):
+    """The decoder of a latent model's checkpoint (None for pixels), as inference.py reads it."""
+    from autoencoder import autoencoder_of
+    from support.checkpoint import read_checkpoint
+
+    return autoencoder_of(read_checkpoint(path), cfg, path, device)
+
+
+def train_config(*flags):
+    """The Config that train.py builds from these command-line flags."""
+    import train
+    from config import PRESETS
+    from support.cli import config_from_args
+
+    return config_from_args(train.parse_args(list(flags)), PRESETS)

@@ -13,13 +13,14 @@ import inference
 import train
 from autoencoder import (Autoencoder, autoencoder_loss, encode_images, fit_scale_factor,
                          kl_divergence, train_autoencoder)
-from checkpoint import load_autoencoder, load_model, read_checkpoint, save_checkpoint
-from config import AutoencoderConfig, Config, UserError, get_preset
+from config import AutoencoderConfig, Config, get_preset
 from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
-from fid_computer import classify, load_classifier
-from helpers import X0Oracle, write_tiny_mnist
-from pictures import class_labels, generate
+from helpers import X0Oracle, load_autoencoder, load_model, write_tiny_mnist
+from support.checkpoint import read_checkpoint, save_checkpoint
+from support.cli import UserError
+from support.mnist_classifier import classify, load_classifier
+from support.sampling import class_labels, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = AutoencoderConfig(channels=8, epochs=12, batch_size=16, lr=3e-3)
@@ -163,14 +164,15 @@ def test_latent_checkpoint_loads_weights_only_and_samples_pixels(latent_run, tmp
                       cfg, torch.Generator().manual_seed(0), autoencoder=autoencoder)
     assert images.shape == (2, 1, 28, 28) and images.abs().max() <= 1
     checkpoint = str(latent_run / "model.pth")
-    for flags in [["--trajectory", "--guidance-strip", "--steps", "5"],
+    for flags in [["--trajectory", str(tmp_path / "trajectory.png"), "--guidance-strip",
+                   "--steps", "5"],
                   ["--sampler", "dpm-solver++", "--steps", "5"], ["--sampler", "plms", "--steps", "5"],
                   ["--num-per-class", "2", "--out-dir", str(tmp_path / "fake"), "--steps", "5"]]:
         assert inference.main(["--checkpoint", checkpoint, "--output", str(tmp_path / "g.png"), *flags]
                               if "--num-per-class" not in flags else
                               ["--checkpoint", checkpoint, *flags]) == 0, flags
     assert len(list((tmp_path / "fake").glob("*.png"))) == 20
-    assert (latent_run / "trajectory.png").stat().st_size > 0
+    assert (tmp_path / "trajectory.png").stat().st_size > 0
     assert (latent_run / "samples" / "final.png").stat().st_size > 0
 
 
@@ -294,7 +296,7 @@ def test_config_round_trip_keeps_the_autoencoder():
 
 
 def test_shipped_latent_weights_keep_the_autoencoder(latent_run, tmp_path):
-    from checkpoint import ship_weights
+    from support.checkpoint import ship_weights
 
     ship_weights(latent_run / "model.pth", tmp_path / "shipped.pth", source="test")
     model, cfg = load_model(tmp_path / "shipped.pth")
@@ -330,6 +332,6 @@ def test_shipped_latent_weights_draw_the_digits_asked_for():
     labels = class_labels(cfg.model.num_classes, 10)
     images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), labels, cfg,
                       torch.Generator().manual_seed(0), autoencoder=autoencoder)
-    classifier = load_classifier(resolve_data_dir(), "cpu", progress=False)
+    classifier = load_classifier(resolve_data_dir(), load_mnist, "cpu", progress=False)
     _, preds = classify(classifier, to_uint8(images)[:, 0])
     assert (preds == labels).float().mean().item() >= 0.9

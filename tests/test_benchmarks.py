@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Config, get_preset, train_parser
+from config import get_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import train_throughput as tt  # noqa: E402  (benchmarks/ is not a package)
@@ -96,13 +96,49 @@ def test_derived_flops_match_the_flop_counter_on_plain_matmuls(preset, overrides
     assert counted <= derived <= 1.03 * counted, (counted, derived)
 
 
+def test_the_timed_step_is_train_py_s_step(tmp_path):
+    """train_throughput.training_step writes train.py's step out (a benchmark imports no script):
+    from the same weights and draws, three steps of each leave bit-identical weights, EMA and
+    optimiser moments."""
+    import copy
+
+    import torch
+
+    import train
+    from diffusion import GaussianDiffusion
+    from dit import DiT
+
+    cfg = get_preset("tiny")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    x0, y = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(8)
+    runs = []
+    for which in ["train.py", "benchmark"]:
+        torch.manual_seed(0)
+        model = DiT(cfg.model)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        optimizer = train.make_optimizer(model, cfg) if which == "train.py" else \
+            tt.make_optimizer(model, cfg)
+        for step in range(3):
+            if which == "train.py":
+                train.train_step(model, diffusion, optimizer, x0, y, cfg, cfg.train.lr, False)
+                train.update_ema(ema, model, train.ema_decay_at(step, cfg))
+            else:
+                tt.training_step(model, ema, diffusion, optimizer, x0, y, cfg, step, False)
+        runs.append((model.state_dict(), ema.state_dict(), optimizer.state_dict()["state"]))
+    (m1, e1, o1), (m2, e2, o2) = runs
+    assert all(torch.equal(m1[k], m2[k]) and torch.equal(e1[k], e2[k]) for k in m1)
+    assert all(torch.equal(o1[i]["exp_avg_sq"], o2[i]["exp_avg_sq"]) for i in o1)
+    assert not torch.equal(m1["final_layer.linear.weight"], DiT(cfg.model).final_layer.linear.weight)
+
+
 def test_each_lever_changes_exactly_one_setting_of_the_default():
     import dataclasses
 
     import levers
+    from helpers import train_config
 
     def settings(flags):
-        cfg = Config.from_args(train_parser().parse_args(flags))
+        cfg = train_config(*(flags))
         return {**dataclasses.asdict(cfg.train), **dataclasses.asdict(cfg.model)}
 
     default = settings([])
@@ -113,18 +149,15 @@ def test_each_lever_changes_exactly_one_setting_of_the_default():
 
 
 def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, monkeypatch, capsys):
+    import common
     import levers
-    import sampler_study
-    import train
 
     calls = []
 
-    def fake_train(argv):
-        calls.append(("train", argv))
-        return 0
-
-    def fake_score(argv):
-        calls.append(("score", argv))
+    def fake_run(script, argv):
+        calls.append(("train" if script == "train.py" else script, argv))
+        if script == "train.py":
+            return 0
         out = Path(argv[argv.index("--out") + 1])
         if "lr_2e-3" in str(out):
             return 1  # the third lever's scoring fails
@@ -132,8 +165,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
                        "ddim,50,130,123.4,0.5,1.0,True\n")
         return 0
 
-    monkeypatch.setattr(train, "main", fake_train)
-    monkeypatch.setattr(sampler_study, "main", fake_score)
+    monkeypatch.setattr(common, "run_script", fake_run)
     for name in ["default", "no min-SNR", "lr 2e-3"]:
         (tmp_path / levers.slug(name)).mkdir()
     status = levers.main(["--levers", "default", "no min-SNR", "no min-SNR", "lr 2e-3",
@@ -142,7 +174,7 @@ def test_levers_runs_the_documented_commands_and_keeps_finished_rows(tmp_path, m
     run_dir = str(tmp_path / "no_min-SNR")
     assert calls[2] == ("train", ["--max-steps", "7", "--sample-every", str(10**9), "--out-dir",
                                   run_dir, "--overwrite", "--min-snr-gamma", "0"])
-    assert calls[3] == ("score", ["--checkpoint", str(Path(run_dir, "model.pth")),
+    assert calls[3] == ("benchmarks/sampler_study.py", ["--checkpoint", str(Path(run_dir, "model.pth")),
                                   "--samplers", "ddim", "--steps", "50", "--num", "130",
                                   "--out", str(Path(run_dir, "sweep.csv"))])
     assert len(calls) == 6  # the repeated lever ran once; the failing one was trained and scored
@@ -170,11 +202,12 @@ def test_levers_rejects_bad_sizes_before_training(argv, message, capsys):
 def tiny_checkpoint(tmp_path_factory):
     """A tiny fake MNIST with its classifier, and a tiny model trained for 2 steps on it."""
     import train
+    from dataset import load_mnist
     from helpers import write_tiny_mnist
-    from mnist_classifier import load_classifier
+    from support.mnist_classifier import load_classifier
 
     data = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=150)
-    load_classifier(data, "cpu", progress=False)
+    load_classifier(data, load_mnist, "cpu", progress=False)
     out = tmp_path_factory.mktemp("run")
     assert train.main(["--preset", "tiny", "--max-steps", "2", "--out-dir", str(out),
                        "--data-dir", str(data)]) == 0
@@ -183,11 +216,11 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatch):
     import sampler_study
-    from checkpoint import use_bf16
-    from config import pick_device
+    from support.cli import use_bf16
+    from support.cli import pick_device
 
     checkpoint, data = tiny_checkpoint
-    monkeypatch.chdir(tmp_path)  # the real set, images/real, is exported here
+    monkeypatch.chdir(tmp_path)  # nothing is written outside tmp_path
     out = tmp_path / "sweep.csv"
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                  "--num", "130", "--steps", "2", "4", "--out", str(out),
@@ -206,7 +239,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
     assert out.with_suffix(".png").stat().st_size > 0
-    assert len(list((tmp_path / "images" / "cache").glob("real_mnist128_*.npz"))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 
 
 def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):

@@ -1,11 +1,11 @@
-"""Tests of checkpoint.py's shared pieces: atomic writes, the out-of-memory message, bf16 policy.
-(Reading and writing whole checkpoints is tested through train.py and inference.py.)"""
+"""Tests of support/checkpoint.py's atomic writes and of support/cli.py's out-of-memory message and
+bf16 policy. (Reading and writing whole checkpoints is tested through train.py and inference.py.)"""
 
 import pytest
 import torch
 
-from checkpoint import atomic_write, out_of_memory_as_error, use_bf16
-from config import UserError
+from support.checkpoint import atomic_write
+from support.cli import UserError, out_of_memory_as_error, use_bf16
 
 
 def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path):

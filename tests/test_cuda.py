@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_model
 from config import get_preset
 from diffusion import GaussianDiffusion
 from dit import DiT
-from helpers import write_tiny_mnist
+from helpers import load_model, write_tiny_mnist
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from config import UserError
+from support.cli import UserError
 from dataset import (DATA_DIR_ENV, InMemoryBatches, load_mnist, resolve_data_dir,
                      to_model_range, to_uint8)
 from helpers import write_tiny_mnist

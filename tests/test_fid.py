@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy import linalg
 
 import fid_computer as fc
-import mnist_classifier as mc
-from config import UserError
-from dataset import labelled_file_name, load_mnist, resolve_data_dir
+import support.mnist_classifier as mc
+from dataset import load_mnist, resolve_data_dir
 from helpers import write_tiny_mnist
+from support.image_files import labelled_file_name
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
 
@@ -28,7 +27,7 @@ N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128
 def tiny(tmp_path_factory):
     """A tiny fake MNIST with its classifier already trained and cached (a few steps: seconds)."""
     root = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=N_TEST)
-    mc.load_classifier(root, "cpu", progress=False)
+    mc.load_classifier(root, load_mnist, "cpu", progress=False)
     return root
 
 
@@ -71,47 +70,6 @@ def run_main(argv, capsys):
 def score(out: str, name: str) -> float:
     line = next(l for l in out.splitlines() if l.startswith(f"{name}: "))
     return float(line.split(": ", 1)[1])
-
-
-def random_gaussian(d: int, seed: int):
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((d, d))
-    return rng.standard_normal(d), a @ a.T / d + 0.1 * np.eye(d)  # mean, SPD covariance
-
-
-# ------------------------------------------------------------------------------ the distance
-
-def test_frechet_distance_of_a_gaussian_with_itself_is_zero():
-    mu, sigma = random_gaussian(20, seed=0)
-    assert abs(fc.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
-
-
-def test_equal_covariances_give_the_squared_distance_of_the_means():
-    mu1, sigma = random_gaussian(20, seed=1)
-    mu2 = mu1 + np.arange(20) / 10
-    assert fc.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2),
-                                                                         rel=1e-6)
-
-
-def test_frechet_distance_matches_the_formula_with_scipy_sqrtm():
-    mu1, s1 = random_gaussian(30, seed=2)
-    mu2, s2 = random_gaussian(30, seed=3)
-    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
-    assert fc.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(direct, rel=1e-8)
-
-
-def test_feature_statistics_are_the_mean_and_unbiased_covariance():
-    x = np.random.default_rng(4).standard_normal((50, 6))
-    mu, sigma = fc.feature_statistics(x)
-    centred = x - x.mean(axis=0)
-    assert np.allclose(mu, x.mean(axis=0))
-    assert np.allclose(sigma, centred.T @ centred / (len(x) - 1))
-
-
-def test_too_few_images_for_the_feature_size_is_refused():
-    fc.check_enough_images(129, 128, "x", "MNIST-FD", "more")
-    with pytest.raises(UserError, match=r"128 images.*at least 129.*singular"):
-        fc.check_enough_images(128, 128, "x", "MNIST-FD", "more")
 
 
 # ------------------------------------------------------------------------------ Inception
@@ -177,37 +135,36 @@ def test_damaged_inception_weights_are_a_user_error(monkeypatch, tmp_path, capsy
 
 # ------------------------------------------------------------------------------ MNIST scores
 
-def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path):
+def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
     images, labels = load_mnist(tiny, train=False, download=False)
-    folder = tmp_path / "real"
-    fc.export_real_images(tiny, folder, progress=False)
-    common = {"real": folder, "data_dir": tiny, "cache_dir": tmp_path / "cache"}
-    from_folder = fc.mnist_scores(folder, **common)
-    from_tensor = fc.mnist_scores(images, labels, **common)
-    assert abs(from_folder["mnist_fd"]) < 1e-6 and abs(from_tensor["mnist_fd"]) < 1e-6
-    assert from_folder["class_accuracy"] == from_tensor["class_accuracy"]  # labels from the names
-    assert from_folder["num_images"] == N_TEST
-    # Floats in [-1, 1], as the sampler returns them, are rounded like a saved PNG: same numbers.
-    as_floats = images.unsqueeze(1).float() / 127.5 - 1
-    assert fc.mnist_scores(as_floats, labels, **common) == from_folder
+    classifier = mc.load_classifier(tiny, load_mnist, "cpu", progress=False)
+    real = mc.classifier_statistics(classifier, images)
+    same = mc.mnist_scores(classifier, images, labels, real)
+    assert abs(same["mnist_fd"]) < 1e-6 and same["num_images"] == N_TEST
     # A different set is further away, and the wrong labels are read as wrong.
     noisy = (images.float() * 0.5 + 100).to(torch.uint8)
-    assert fc.mnist_scores(noisy, **common)["mnist_fd"] > 1e-3
-    wrong = fc.mnist_scores(images, (labels + 1) % 10, **common)
-    assert wrong["class_accuracy"] < from_folder["class_accuracy"]
-    # Folder or tensor, the real set has one cache file.
+    assert mc.mnist_scores(classifier, noisy, None, real)["mnist_fd"] > 1e-3
+    wrong = mc.mnist_scores(classifier, images, (labels + 1) % 10, real)
+    assert wrong["class_accuracy"] < same["class_accuracy"]
+    # The script scores the exported files exactly as the tensors (labels from the file names).
+    folder = tmp_path / "real"
+    fc.export_real_images(tiny, folder, progress=False)
+    status, out, _ = run_main(["--metric", "mnist", "--data-dir", tiny, "--fake", folder,
+                               "--real", folder, "--cache-dir", tmp_path / "cache"], capsys)
+    assert status == 0 and abs(score(out, "MNIST-FD")) < 1e-3
+    assert score(out, "class accuracy") == pytest.approx(same["class_accuracy"], abs=1e-4)
     assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 1
 
 
 def test_other_classifier_weights_give_another_cache_file(tiny, tmp_path, capsys):
     real = tmp_path / "real"
     fc.export_real_images(tiny, real, progress=False)
-    classifier = mc.load_classifier(tiny)
-    common = {"real": real, "cache_dir": tmp_path / "cache"}
-    fc.mnist_scores(real, classifier=classifier, **common)
+    classifier = mc.load_classifier(tiny, load_mnist)
+    files = fc.real_image_files(real)
+    fc.real_statistics(real, files, classifier, 128, tmp_path / "cache", 500, "cpu")
     with torch.no_grad():
         classifier.fc1.bias.add_(0.1)  # other weights, the same network
-    fc.mnist_scores(real, classifier=classifier, **common)
+    fc.real_statistics(real, files, classifier, 128, tmp_path / "cache", 500, "cpu")
     assert "(cached)" not in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 2
 
@@ -215,25 +172,22 @@ def test_other_classifier_weights_give_another_cache_file(tiny, tmp_path, capsys
 @pytest.mark.slow
 @pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
                     reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
-def test_classifier_on_real_mnist(tmp_path):
+def test_classifier_on_real_mnist():
     """Trains the classifier once if ./data has none (minutes on a CPU), then scores the test set."""
     data_dir = resolve_data_dir()
-    model = mc.load_classifier(data_dir, "cpu")
+    model = mc.load_classifier(data_dir, load_mnist, "cpu")
     images, labels = load_mnist(data_dir, train=False, download=False)
     _, preds = mc.classify(model, images)
     assert (preds == labels).float().mean().item() >= 0.99
-    real = tmp_path / "real"
-    assert fc.export_real_images(data_dir, real, progress=False) == len(images)
-    scores = fc.mnist_scores(images, labels, real=real, classifier=model, cache_dir=tmp_path)
+    real = mc.classifier_statistics(model, images)
+    scores = mc.mnist_scores(model, images, labels, real)
     assert abs(scores["mnist_fd"]) < 1e-3 and scores["class_accuracy"] >= 0.99
     assert min(scores["per_class_accuracy"].values()) >= 0.97
     # 10,000 training digits are close to the test set; blurred digits are far.
     train_images, train_labels = load_mnist(data_dir, train=True, download=False)
-    near = fc.mnist_scores(train_images[:10_000], train_labels[:10_000], real=real,
-                           classifier=model, cache_dir=tmp_path)["mnist_fd"]
+    near = mc.mnist_scores(model, train_images[:10_000], train_labels[:10_000], real)["mnist_fd"]
     blurred = torch.nn.functional.avg_pool2d(images.unsqueeze(1).float(), 3, 1, 1)[:, 0]
-    far = fc.mnist_scores(blurred.to(torch.uint8), labels, real=real, classifier=model,
-                          cache_dir=tmp_path)["mnist_fd"]
+    far = mc.mnist_scores(model, blurred.to(torch.uint8), labels, real)["mnist_fd"]
     assert 0 < near < far
 
 

@@ -5,9 +5,10 @@ import torch
 from PIL import Image
 
 import inference
-import pictures
 import train
-from helpers import write_tiny_mnist
+from helpers import load_model, write_tiny_mnist
+from support import sampling
+from support.pictures import shown_columns
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +26,106 @@ def test_grid_trajectory_and_guidance_strip(checkpoint, tmp_path, capsys):
                            "--trajectory", "--guidance-strip", "--steps", "5"]) == 0
     img = Image.open(grid)
     assert img.size == (10 * 30 + 2, 10 * 30 + 2)  # 10 x 10 images of 28 px with 2 px padding
-    for name in ["trajectory.png", "guidance.png"]:
-        assert (checkpoint.parent / name).stat().st_size > 0, name
-    out = capsys.readouterr().out
-    assert str(grid) in out and "trajectory" in out and "guidance strip" in out
+    for name in ["trajectory.png", "guidance.png"]:  # beside the grid
+        assert (tmp_path / name).stat().st_size > 0, name
+    captured = capsys.readouterr()
+    assert str(grid) in captured.out and "trajectory" in captured.out
+    assert "guidance strip" in captured.out
+    # Long sampling shows progress: a bar over the sampler's steps for the grid, the trajectory
+    # and each of the five guidance scales.
+    assert captured.err.count("/5 [") >= 7, captured.err[-500:]
+
+
+def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, monkeypatch, capsys):
+    """The shipped weights sit in the tracked pretrained/: sampling from a checkpoint outside
+    runs/ writes into runs/samples/, from a run inside runs/ beside it, and a picture's own flag
+    puts it where the user says."""
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "pretrained" / "model.pth"
+    outside.parent.mkdir()
+    outside.write_bytes(checkpoint.read_bytes())
+    assert inference.main(["--checkpoint", str(outside), "--steps", "2", "--per-row", "1",
+                           "--trajectory"]) == 0
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["model.pth"]
+    assert (tmp_path / "runs" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "runs" / "samples" / "trajectory.png").is_file()
+    inside = tmp_path / "runs" / "mine" / "model.pth"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(checkpoint.read_bytes())
+    assert inference.main(["--checkpoint", "runs/mine/model.pth", "--steps", "2", "--per-row", "1",
+                           "--guidance-strip", "strip.png"]) == 0
+    assert (inside.parent / "grid.png").is_file() and (tmp_path / "strip.png").is_file()
+    assert not (inside.parent / "guidance.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-per-class", "2", "--labels", "3"], "drop --labels"),
+    (["--num-per-class", "2", "--per-row", "3"], "drop --per-row"),
+    (["--num-per-class", "2", "--output", "g.png"], "drop --output"),
+    (["--num-per-class", "2", "--guidance-strip"], "drop --guidance-strip"),
+    (["--out-dir", "somewhere"], "--out-dir: for the image files of --num-per-class only"),
+    (["--batch-size", "8"], "--batch-size: for the image files of --num-per-class only"),
+    (["--sampler", "ddpm", "--eta", "0"], "--eta is DDIM's noise and ddpm has none"),
+    (["--sampler", "plms", "--eta", "1"], "--eta is DDIM's noise and plms has none"),
+    (["--sampler", "ddpm", "--steps", "20"], "ddpm always takes all 1000 steps: drop --steps"),
+])
+def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path, monkeypatch, capsys, flags,
+                                                 message):
+    monkeypatch.chdir(tmp_path)
+    assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_eta_is_printed_for_ddim_only(checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--steps", "2", "--per-row", "1",
+            "--output", str(tmp_path / "g.png")]
+    assert inference.main(argv) == 0
+    assert "ddim with 2 steps, eta 1.0" in capsys.readouterr().out
+    for sampler in ["plms", "dpm-solver++"]:
+        assert inference.main(argv + ["--sampler", sampler]) == 0
+        out = capsys.readouterr().out
+        assert f"{sampler} with 2 steps, guidance" in out and ", eta " not in out
+
+
+def test_help_lists_no_empty_defaults(capsys):
+    with pytest.raises(SystemExit):
+        inference.main(["--help"])
+    assert "(default: None)" not in capsys.readouterr().out
+
+
+def test_out_of_memory_names_the_flags_of_what_was_sampled(checkpoint, tmp_path, monkeypatch,
+                                                          capsys):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(inference, "sample_grid", oom)
+    monkeypatch.setattr(inference, "generate", oom)
+    assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png")]) == 1
+    err = capsys.readouterr().err
+    assert "--per-row or fewer --labels" in err and "--batch-size" not in err
+    assert inference.main(["--checkpoint", str(checkpoint), "--num-per-class", "1",
+                           "--out-dir", str(tmp_path / "f")]) == 1
+    assert "pass a smaller --batch-size" in capsys.readouterr().err
 
 
 def test_trajectory_panels_pair_each_state_with_its_own_timestep(checkpoint):
     """The picture's columns: state k of the sampler sits at noise level timesteps[k], and its
     x0-hat is the (clipped) predict_x0_from_eps of the network's guided prediction at exactly that
     level: the x0 the sampler itself used, with no second pass of the network."""
-    from checkpoint import load_model
     from diffusion import GaussianDiffusion
 
     model, cfg = load_model(checkpoint)
     cfg.sample.steps = 12
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = torch.tensor([2, 7])
-    states, x0_hat, titles = pictures.trajectory_panels(model, diffusion, cfg, labels,
+    states, x0_hat, titles = sampling.trajectory_panels(model, diffusion, cfg, labels,
                                                         torch.Generator().manual_seed(0))
-    _, full, _ = pictures.generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0),
+    _, full, _ = sampling.generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0),
                                    return_intermediates=True)
     timesteps = diffusion.sampler_timesteps("ddim", 12)
-    cols = pictures.shown_columns(len(full))
+    cols = shown_columns(len(full))
     assert len(cols) == 10 and cols[0] == 0 and cols[-1] == 12
     assert torch.equal(states, full[cols]) and torch.equal(x0_hat[-1], full[-1])
     assert titles == ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
@@ -62,7 +140,6 @@ def test_trajectory_panels_pair_each_state_with_its_own_timestep(checkpoint):
 def test_guidance_strip_uses_one_noise_for_all_scales(checkpoint):
     """A fresh DiT predicts eps = 0 whatever the label (adaLN-Zero), so guidance changes nothing
     and the columns are identical exactly when they start from the same noise."""
-    from checkpoint import load_model
     from config import get_preset
     from diffusion import GaussianDiffusion
     from dit import DiT
@@ -70,7 +147,7 @@ def test_guidance_strip_uses_one_noise_for_all_scales(checkpoint):
     cfg = get_preset("tiny")
     cfg.sample.steps = 4
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    strip = pictures.guidance_strip(DiT(cfg.model).eval(), diffusion, cfg, [1, 5], scales=(0, 1, 4))
+    strip = sampling.guidance_strip(DiT(cfg.model).eval(), diffusion, cfg, [1, 5], scales=(0, 1, 4))
     assert strip.shape == (2, 3, 1, 28, 28)
     for c in range(1, 3):
         assert torch.equal(strip[:, c], strip[:, 0])
@@ -79,7 +156,7 @@ def test_guidance_strip_uses_one_noise_for_all_scales(checkpoint):
     model, trained_cfg = load_model(checkpoint)
     trained_cfg.sample.steps = 4
     before = trained_cfg.sample.cfg_scale
-    strip = pictures.guidance_strip(model, diffusion, trained_cfg, [1, 5], scales=(0, 8))
+    strip = sampling.guidance_strip(model, diffusion, trained_cfg, [1, 5], scales=(0, 8))
     assert not torch.equal(strip[:, 0], strip[:, 1])
     assert trained_cfg.sample.cfg_scale == before
 
@@ -92,7 +169,7 @@ def test_labels_choose_rows(checkpoint, tmp_path):
 
 
 def test_amp_flag_chooses_sampling_precision(checkpoint, tmp_path, capsys):
-    from checkpoint import use_bf16
+    from support.cli import use_bf16
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16("off", cpu) is False and use_bf16("off", cuda) is False
@@ -128,7 +205,6 @@ def test_class_files_names_sizes_mode_and_seed(checkpoint, tmp_path):
 
 
 def test_model_rebuilt_from_checkpoint_config(checkpoint):
-    from checkpoint import load_model
     model, cfg = load_model(checkpoint)
     assert cfg.preset == "tiny" and model.config.hidden_size == cfg.model.hidden_size
     ema = torch.load(checkpoint, weights_only=True)["ema"]
@@ -156,9 +232,11 @@ def test_bad_sampler_name_is_argparse_error(checkpoint):
     assert e.value.code == 2
 
 
-def test_missing_checkpoint(tmp_path, capsys):
+def test_missing_checkpoint_names_the_shipped_weights(tmp_path, capsys):
     assert inference.main(["--checkpoint", str(tmp_path / "none.pth")]) == 1
-    assert "no checkpoint at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and "python train.py" in err
+    assert "--checkpoint pretrained/model.pth" in err
 
 
 def test_truncated_checkpoint(checkpoint, tmp_path, capsys):

@@ -10,15 +10,16 @@ from PIL import Image
 
 import figures
 import train
-from checkpoint import load_model, read_log, write_log
-from config import ModelConfig, UserError
-from dataset import resolve_data_dir, to_uint8
+from support.cli import UserError
+from config import ModelConfig
+from dataset import load_mnist, resolve_data_dir, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
 from dit_block import modulate
-from helpers import write_tiny_mnist
-from mnist_classifier import classify, load_classifier
-from pictures import class_labels, generate
+from helpers import load_model, write_tiny_mnist
+from support.checkpoint import read_log, write_log
+from support.mnist_classifier import classify, load_classifier
+from support.sampling import class_labels, generate
 
 
 def small_dit(**kw) -> DiT:
@@ -149,12 +150,30 @@ def test_figures_bad_input_is_one_line(tiny_run, tmp_path, capsys):
     assert figures.main(["--checkpoint", str(tmp_path / "none.pth"), "--data-dir", str(data),
                          "--only", "attention", "--out-dir", str(tmp_path)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
-    assert figures.main(["--only", "loss", "--log", str(tmp_path / "none.csv"), "--data-dir",
-                         str(data), "--out-dir", str(tmp_path)]) == 1
+    assert figures.main(["--only", "loss", "--log", str(tmp_path / "none.csv"),
+                         "--out-dir", str(tmp_path)]) == 1
     assert "no training log" in capsys.readouterr().err
     assert figures.main(["--only", "forward", "--digit", "99999", "--data-dir", str(data),
                          "--out-dir", str(tmp_path)]) == 1
     assert "--digit must be" in capsys.readouterr().err
+
+
+def test_figures_writes_into_runs_and_refuses_flags_that_change_nothing(tiny_run, tmp_path,
+                                                                       monkeypatch, capsys):
+    """A learner's first `python figures.py` must not overwrite the tracked images/: the default
+    folder is runs/figures. A flag given for none of the pictures drawn is refused."""
+    data, out = tiny_run
+    monkeypatch.chdir(tmp_path)
+    assert figures.main(["--only", "forward", "--data-dir", str(data)]) == 0
+    assert (tmp_path / "runs" / "figures" / "forward.png").is_file()
+    for flags, message in [(["--only", "forward", "--log", "x.csv"], "--log changes only gates"),
+                           (["--only", "gates", "--checkpoint", str(out / "model.pth"),
+                             "--digit", "3"], "--digit changes only"),
+                           (["--only", "loss", "--checkpoint", str(out / "model.pth"),
+                             "--amp", "bf16"], "--amp changes only sampling")]:
+        assert figures.main(flags) == 1, flags
+        err = capsys.readouterr().err
+        assert message in err and "drop it" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------ the shipped weights
@@ -172,8 +191,8 @@ def test_shipped_weights_are_small_plain_and_load_with_weights_only():
     assert next(model.parameters()).dtype == torch.float32  # widened on loading
     assert torch.equal(model.state_dict()["final_layer.linear.weight"],
                        ckpt["ema"]["final_layer.linear.weight"].float())
-    with pytest.raises(UserError, match="holds only the EMA weights"):
-        load_model(SHIPPED, use_ema=False)
+    with pytest.raises(UserError, match="missing model, optimizer"):
+        load_model(SHIPPED, use_ema=False)  # no raw weights, no training state to resume
 
 
 @pytest.mark.slow
@@ -186,6 +205,6 @@ def test_shipped_weights_draw_the_digits_asked_for():
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(cfg.model.num_classes, 10)
     images = generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0))
-    classifier = load_classifier(resolve_data_dir(), "cpu", progress=False)
+    classifier = load_classifier(resolve_data_dir(), load_mnist, "cpu", progress=False)
     _, preds = classify(classifier, to_uint8(images)[:, 0])  # uint8 (N, 28, 28)
     assert (preds == labels).float().mean().item() >= 0.9

@@ -1,11 +1,12 @@
-"""Tests of mnist_classifier.py: trained once on a tiny fake MNIST, kept atomically, loaded with
+"""Tests of support/mnist_classifier.py: trained once on a tiny fake MNIST, kept atomically, loaded with
 weights_only, and a damaged file is a one-line error."""
 
 import pytest
 import torch
 
-import mnist_classifier as mc
-from config import UserError
+import support.mnist_classifier as mc
+from support.cli import UserError
+from dataset import load_mnist
 from helpers import write_tiny_mnist
 
 
@@ -13,7 +14,7 @@ from helpers import write_tiny_mnist
 def tiny(tmp_path_factory):
     """A tiny fake MNIST with its classifier already trained and kept (a few steps: seconds)."""
     root = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=20)
-    mc.load_classifier(root, "cpu", progress=False)
+    mc.load_classifier(root, load_mnist, "cpu", progress=False)
     return root
 
 
@@ -23,7 +24,7 @@ def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
     assert set(state) >= {"model", "test_accuracy", "config"}
     assert not list(tiny.glob("*.tmp")) and not list(tiny.glob(".*.tmp"))
     mtime = path.stat().st_mtime_ns
-    model = mc.load_classifier(tiny, "cpu")
+    model = mc.load_classifier(tiny, load_mnist, "cpu")
     assert "training" not in capsys.readouterr().out and path.stat().st_mtime_ns == mtime
     feats, preds = mc.classify(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
     assert feats.shape == (3, mc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
@@ -32,4 +33,4 @@ def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
 def test_damaged_classifier_file_is_a_user_error(tmp_path):
     (tmp_path / mc.CLASSIFIER_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="delete it"):
-        mc.load_classifier(tmp_path)
+        mc.load_classifier(tmp_path, load_mnist)

@@ -265,8 +265,18 @@ def test_presets_build_and_roundtrip():
 
 
 def test_bad_model_config_is_a_user_error():
-    from config import UserError
+    """One line naming what to change: train.py's flag where the field has one, the field where
+    it has none (no message names a flag that does not exist)."""
+    from support.cli import UserError
     with pytest.raises(UserError, match="patch size 5"):
         ModelConfig(patch_size=5)
+    with pytest.raises(UserError, match=r"image size 8: pass a --patch-size of 1, 2, 4, 8$"):
+        ModelConfig(image_size=8, patch_size=3)
+    for field in ["image_size", "in_channels", "num_classes"]:
+        with pytest.raises(UserError, match=f"^{field} must be positive") as e:
+            ModelConfig(**{field: 0})
+        assert "--" not in str(e.value)
+    with pytest.raises(UserError, match="^--depth must be positive"):
+        ModelConfig(depth=0)
     with pytest.raises(UserError, match="divisible"):
         ModelConfig(hidden_size=30, num_heads=4)

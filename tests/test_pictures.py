@@ -1,13 +1,13 @@
-"""Tests of the lesson's pictures (pictures.py): each checks what the picture shows, not only
+"""Tests of the lesson's pictures (support/pictures.py): each checks what the picture shows, not only
 that a file was written."""
 
 import pytest
 import torch
 from PIL import Image
 
-import pictures
 from diffusion import GaussianDiffusion
-from dit import unpatchify
+from dit import patchify, sincos_pos_embed_2d, unpatchify
+from support import pictures
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_min_snr_weight_is_one_where_noisy_and_gamma_over_snr_where_clean(diffus
 def test_token_strip_reassembles_to_the_digit():
     x0 = fake_digit()
     for p in (4, 7):
-        strip = pictures.token_strip(x0, p)
+        strip = pictures.token_strip(patchify(x0[None], p)[0], p)
         n = (28 // p) ** 2
         assert strip.shape == (p, n * (p + 1) - 1)
         tiles = [strip[:, k * (p + 1) : k * (p + 1) + p] for k in range(n)]  # drop the gaps
@@ -62,7 +62,8 @@ def test_token_strip_reassembles_to_the_digit():
 def test_maths_pictures_are_drawn(diffusion, tmp_path):
     x0 = fake_digit()
     pictures.save_forward_process(diffusion, x0, 5.0, tmp_path / "forward.png")
-    pictures.save_tokens(x0, 7, 96, tmp_path / "tokens.png")
+    pictures.save_tokens(x0, patchify(x0[None], 7)[0], sincos_pos_embed_2d(96, 4), 7,
+                         tmp_path / "tokens.png")
     for name in ["forward.png", "tokens.png"]:
         with Image.open(tmp_path / name) as img:
             assert img.size[0] > 500 and img.size[1] > 300

@@ -1,5 +1,7 @@
 """Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
 
+import contextlib
+import io
 import math
 import os
 import signal
@@ -12,10 +14,10 @@ import pytest
 import torch
 
 import train
-from helpers import write_tiny_mnist
-from checkpoint import load_model, read_checkpoint
-from config import Config, get_preset, train_parser
+from config import get_preset
 from diffusion import GaussianDiffusion
+from helpers import load_model, train_config, write_tiny_mnist
+from support.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,7 +160,7 @@ def test_checkpoint_is_weights_only_loadable_and_malicious_pickle_refused(tiny_d
 
     evil = tmp_path / "evil.pth"
     torch.save({"model": Evil(), "ema": {}, "config": {}}, evil)
-    from config import UserError
+    from support.cli import UserError
     with pytest.raises(UserError, match="weights_only"):
         read_checkpoint(evil)
     assert not marker.exists()
@@ -209,7 +211,7 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--lr", "-1"], "--lr must be positive"),
-    (["--patch-size", "5"], "patch size 5 does not divide"),
+    (["--patch-size", "5"], "patch size 5 does not divide the image size 28: pass a --patch-size of 1, 2, 4, 7, 14, 28"),
     (["--batch-size", "1000"], "pass a smaller --batch-size"),
 ])
 
@@ -217,6 +219,29 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
 def test_bad_flags(tiny_data, tmp_path, capsys, flags, message):
     assert run_train(tiny_data, tmp_path, *flags) == 1
     assert message in capsys.readouterr().err
+
+
+def test_preset_with_resume_picks_the_folder_and_must_match_the_run(tiny_data, tmp_path, capsys):
+    """--preset with --resume does something or is refused: it picks the default folder of that
+    preset (runs/latent for the latent preset), and a preset other than the run's is an error."""
+    assert train.parse_args(["--preset", "latent", "--resume"]).out_dir == "runs/latent"
+    assert train.parse_args(["--resume"]).out_dir == "runs/default"
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--resume") == 0  # its own: fine
+    argv = ["--preset", "cpu", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path),
+            "--resume", "--max-steps", "4"]
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--preset cpu: the run being resumed was trained with preset tiny" in err
+    assert train.main(argv[2:]) == 0  # without --preset: the run's own
+
+
+def test_resume_and_overwrite_together_are_refused(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
+    before = (tmp_path / "model.pth").read_bytes()
+    assert run_train(tiny_data, tmp_path, "--resume", "--overwrite") == 1
+    assert "pass one of them" in capsys.readouterr().err
+    assert (tmp_path / "model.pth").read_bytes() == before
 
 
 def test_resume_without_checkpoint(tiny_data, tmp_path, capsys):
@@ -250,29 +275,26 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
 
 
 def test_ema_flags_reach_the_config():
-    parser = train_parser()
-    assert Config.from_args(parser.parse_args([])).train.ema_warmup is True
-    cfg = Config.from_args(parser.parse_args(["--no-ema-warmup", "--ema-decay", "0"]))
+    assert train_config(*([])).train.ema_warmup is True
+    cfg = train_config(*(["--no-ema-warmup", "--ema-decay", "0"]))
     assert cfg.train.ema_warmup is False and cfg.train.ema_decay == 0
     assert train.ema_decay_at(0, cfg) == 0  # decay 0: the EMA is a copy of the weights
-    cfg = Config.from_args(parser.parse_args(["--no-ema-warmup"]))
+    cfg = train_config(*(["--no-ema-warmup"]))
     assert train.ema_decay_at(0, cfg) == cfg.train.ema_decay == 0.9999
 
 
 def test_learning_rate_warm_up_is_linear_then_constant():
-    parser = train_parser()
-    cfg = Config.from_args(parser.parse_args(["--no-lr-decay"]))  # no warm-up, no decay
+    cfg = train_config(*(["--no-lr-decay"]))  # no warm-up, no decay
     assert cfg.train.warmup_steps == 0 and train.lr_at(0, cfg, 10) == cfg.train.lr
     assert train.lr_at(9, cfg, 10) == cfg.train.lr
-    cfg = Config.from_args(parser.parse_args(["--warmup-steps", "4", "--lr", "1e-3",
+    cfg = train_config(*(["--warmup-steps", "4", "--lr", "1e-3",
                                                     "--no-lr-decay"]))
     assert [train.lr_at(s, cfg, 10) for s in range(6)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
 
 
 def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
-    parser = train_parser()
-    cfg = Config.from_args(parser.parse_args(["--warmup-steps", "2", "--lr", "1e-3",
+    cfg = train_config(*(["--warmup-steps", "2", "--lr", "1e-3",
                                                     "--lr-decay"]))
     # Steps 0 and 1 warm up; then 6 steps fall from the full rate (step 2) towards 0 (step 8).
     lrs = [train.lr_at(s, cfg, 8) for s in range(8)]
@@ -283,7 +305,7 @@ def test_learning_rate_decay_is_a_half_cosine_after_the_warm_up():
 
 
 def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
-    assert train.ema_decay_at(0, Config.from_args(train_parser().parse_args([]))) == 0.1
+    assert train.ema_decay_at(0, train_config(*([]))) == 0.1
     emas = []
     for name, flags in [("warm", []), ("cold", ["--no-ema-warmup"])]:
         assert run_train(tiny_data, tmp_path / name, "--max-steps", "2", *flags) == 0
@@ -296,12 +318,15 @@ def test_ema_warm_up_changes_the_average_of_a_real_run(tiny_data, tmp_path):
 
 
 def test_help_shows_each_presets_value_of_the_override_flags():
-    text = " ".join(train_parser().format_help().split())  # undo the line wrapping
+    help_text = io.StringIO()
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(help_text):
+        train.parse_args(["--help"])
+    text = " ".join(help_text.getvalue().split())  # undo the line wrapping
     assert "(default: None)" not in text
     assert "[cpu 16, gpu 30, latent 12, tiny 1]" in text  # --epochs
     assert "[cpu True, gpu False, latent True, tiny True]" in text  # --lr-decay, a yes/no flag
     assert "[cpu 7, gpu 2, latent 2, tiny 7]" in text  # --patch-size
-    args = train_parser().parse_args([])
+    args = train.parse_args([])
     assert not hasattr(args, "epochs") and not hasattr(args, "ema_warmup")  # not given: the preset's
 
 

@@ -1,10 +1,10 @@
 """A small MNIST classifier: the feature network of MNIST-FD and the judge of class accuracy.
 
 fid_computer.py compares generated digits with the test set in the 128-dim penultimate features of
-this network (MNIST-FD) and asks it which digit each image shows (class accuracy). It is trained
-once on the MNIST training set, in about a minute on a CPU, to about 99% test accuracy
-(benchmarks/README.md, "The MNIST classifier"), and kept as `<data dir>/mnist_classifier.pth`,
-next to the digits it learnt from.
+this network (MNIST-FD) and asks it which digit each image shows (class accuracy); the benchmarks
+do the same in memory (`mnist_scores`). It is trained once on the MNIST training set, in about a
+minute on a CPU, to about 99% test accuracy (benchmarks/README.md, "The MNIST classifier"), and
+kept as `<data dir>/mnist_classifier.pth`, next to the digits it learnt from.
 
 A Frechet distance in the features of a domain classifier instead of Inception is TF-GAN's
 "Frechet classifier distance"; asking a trained classifier about conditional samples is the idea
@@ -13,12 +13,12 @@ of the Inception Score (Salimans et al. 2016, arXiv:1606.03498).
 
 from __future__ import annotations
 
-import math
 import pickle
 import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,9 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from checkpoint import atomic_write
-from config import UserError
-from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
+from support.checkpoint import atomic_write
+from support.cli import UserError
+from support.frechet import feature_statistics, frechet_distance
+from support.schedule import half_cosine
 
 CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the digits it learnt from
 
@@ -78,6 +79,13 @@ class MnistClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def to_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 digits (B, 28, 28) in 0..255 -> float (B, 1, 28, 28) in [-1, 1], the classifier's
+    input: the range the DiT sees too (dataset.to_model_range), written out here because the
+    classifier's weights are tied to it, whatever the model's convention becomes."""
+    return pixels.unsqueeze(1).float().div(127.5).sub(1.0)
+
+
 @torch.no_grad()
 def classify(model: MnistClassifier, pixels: torch.Tensor, batch_size: int = 500,
              device: torch.device | str = "cpu") -> tuple[np.ndarray, torch.Tensor]:
@@ -85,23 +93,26 @@ def classify(model: MnistClassifier, pixels: torch.Tensor, batch_size: int = 500
     model.eval()
     feats, preds = [], []
     for start in range(0, len(pixels), batch_size):
-        x = to_model_range(pixels[start : start + batch_size].to(device))  # (b, 1, 28, 28)
+        x = to_input(pixels[start : start + batch_size].to(device))  # (b, 1, 28, 28)
         f = model.features(x)
         feats.append(f.double().cpu())
         preds.append(model.head(f).argmax(dim=1).cpu())
     return torch.cat(feats).numpy(), torch.cat(preds)
 
 
-def train_classifier(data_dir: str | Path, device: torch.device | str = "cpu",
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                     test_labels: torch.Tensor, device: torch.device | str = "cpu",
                      cfg: ClassifierConfig | None = None,
                      progress: bool = True) -> tuple[MnistClassifier, float]:
-    """Train on the MNIST training set; returns the model and its test-set accuracy."""
+    """Train on uint8 digits (N, 28, 28) and their labels (N,) with Adam, the rate decayed along
+    a half cosine; returns the model and its accuracy on the test digits. Each epoch's order is
+    a permutation drawn from (seed, epoch) alone, in the same way as dataset.InMemoryBatches."""
     cfg = cfg or ClassifierConfig()
     device = torch.device(device)
-    images, labels = load_mnist(data_dir, train=True)  # uint8 (60000, 28, 28), int64 (60000,)
-    test_images, test_labels = load_mnist(data_dir, train=False)
-    batches = InMemoryBatches(images, labels, min(cfg.batch_size, len(images)), device, cfg.seed)
-    total = cfg.epochs * len(batches)
+    images, labels = images.to(device), labels.to(device)
+    batch_size = min(cfg.batch_size, len(images))
+    steps_per_epoch = len(images) // batch_size  # the last, incomplete batch is dropped
+    total = cfg.epochs * steps_per_epoch
     # Our own RNG stream for the initial weights and dropout: the caller's is left untouched.
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
@@ -111,9 +122,13 @@ def train_classifier(data_dir: str | Path, device: torch.device | str = "cpu",
         step = 0
         with tqdm(total=total, desc="MNIST classifier", unit="step", disable=not progress) as bar:
             for epoch in range(cfg.epochs):
-                for x, y in batches.epoch(epoch):  # x (B, 1, 28, 28) in [-1, 1], y (B,)
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                order = torch.randperm(len(images), generator=g).to(device)
+                for i in range(steps_per_epoch):
+                    idx = order[i * batch_size : (i + 1) * batch_size]
+                    x, y = to_input(images[idx]), labels[idx]  # (B, 1, 28, 28) in [-1, 1], (B,)
                     for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                        group["lr"] = cfg.lr * half_cosine(step / total)
                     loss = F.cross_entropy(model(x), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -127,17 +142,19 @@ def train_classifier(data_dir: str | Path, device: torch.device | str = "cpu",
     return model.eval(), accuracy
 
 
-def load_classifier(data_dir: str | Path | None = None, device: torch.device | str = "cpu",
+def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.device | str = "cpu",
                     progress: bool = True) -> MnistClassifier:
     """The MNIST classifier kept in <data_dir>/mnist_classifier.pth; trained and saved first
-    when the file is missing (once; about a minute on a CPU)."""
-    data_dir = resolve_data_dir(str(data_dir) if data_dir is not None else None)
-    path = data_dir / CLASSIFIER_FILE
+    when the file is missing (once; about a minute on a CPU), on the digits that
+    load_mnist(data_dir, train) returns (dataset.load_mnist)."""
+    path = Path(data_dir) / CLASSIFIER_FILE
     model = MnistClassifier()
     if not path.is_file():
         print(f"training the MNIST classifier for MNIST-FD (once; kept at {path})")
         t0 = time.time()
-        model, accuracy = train_classifier(data_dir, device, progress=progress)
+        model, accuracy = train_classifier(*load_mnist(data_dir, train=True),
+                                           *load_mnist(data_dir, train=False), device,
+                                           progress=progress)
         state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_accuracy": accuracy, "config": asdict(ClassifierConfig())}
         atomic_write(path, lambda f: torch.save(state, f))
@@ -151,3 +168,32 @@ def load_classifier(data_dir: str | Path | None = None, device: torch.device | s
         raise UserError(f"{path} is not an intact MNIST classifier of this version "
                         f"({type(e).__name__}): delete it and run again to retrain it") from None
     return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ the scores in memory
+
+def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torch.Tensor | None,
+                 real: tuple[np.ndarray, np.ndarray], batch_size: int = 500,
+                 device: torch.device | str = "cpu") -> dict:
+    """MNIST-FD and class accuracy of generated digits, uint8 (N, 28, 28): the Frechet distance
+    of their classifier features to the real set's (mean, covariance) `real` (classifier_statistics),
+    and the share of them that the classifier reads as the digit in `labels` (None: no
+    accuracy). Returns {"mnist_fd", "class_accuracy", "per_class_accuracy" ({digit: accuracy}),
+    "num_images"}."""
+    feats, preds = classify(classifier, pixels, batch_size, device)
+    mu, sigma = feature_statistics(feats)
+    scores = {"mnist_fd": frechet_distance(mu, sigma, *real), "class_accuracy": None,
+              "per_class_accuracy": None, "num_images": len(pixels)}
+    if labels is not None:
+        correct = preds == labels.cpu().long()
+        scores["class_accuracy"] = correct.float().mean().item()
+        scores["per_class_accuracy"] = {k: correct[labels == k].float().mean().item()
+                                        for k in labels.unique().tolist()}
+    return scores
+
+
+def classifier_statistics(classifier: MnistClassifier, pixels: torch.Tensor, batch_size: int = 500,
+                    device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of real digits (uint8 (N, 28, 28), e.g. the MNIST test set) in the
+    classifier's features: the reference of `mnist_scores`."""
+    return feature_statistics(classify(classifier, pixels, batch_size, device)[0])

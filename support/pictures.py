@@ -1,75 +1,20 @@
-"""Digits drawn with a config's sampler, and the pictures made of them: what the scripts share.
+"""Drawing for every script: sample grids, trajectories, guidance strips, the forward process, the
+tokens, attention, the animation, the training log's plots and the latent space.
 
-`train.py` draws a sample grid after every epoch and plots its loss; `inference.py` draws grids,
-denoising trajectories and guidance strips. Both come here, so no script imports another. The
-sampling itself is `GaussianDiffusion.sample` (diffusion.py); this module picks the labels, runs
-the network at the precision asked for, and lays the results out.
+`train.py` plots its loss and gates at every checkpoint, `inference.py` lays out what it sampled,
+`figures.py` draws the lesson's pictures; all of them come here, so that no script imports
+another. Each function draws what it is handed (tensors, the log's rows, or a diffusion object
+whose schedule it reads): nothing here imports a module of the lesson.
 
-Images are tensors in the model's range [-1, 1]; every picture is a PNG written with
-matplotlib (or torchvision's `save_image` for plain grids).
+Images are tensors in the model's range [-1, 1]; every picture is a PNG of at most 256 colours
+written with matplotlib (`save_figure`), or torchvision's `save_image` for plain grids.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
-
-from config import Config
-from diffusion import GaussianDiffusion
-from dit import patchify, sincos_pos_embed_2d
-
-
-# ------------------------------------------------------------------------------ drawing digits
-
-def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
-    """0, 0, ..., 1, 1, ..., 9: per_class labels of each class, class-major (grid row k = digit k)."""
-    return torch.arange(num_classes, device=device).repeat_interleave(per_class)
-
-
-def generate(model, diffusion: GaussianDiffusion, labels: torch.Tensor, cfg: Config,
-             generator: torch.Generator | None = None, bf16: bool = False,
-             return_intermediates: bool = False, progress: bool = False, autoencoder=None):
-    """Sample one image per label with the settings of cfg.sample, the network under bf16
-    autocast if asked (checkpoint.use_bf16); values in [-1, 1]. With return_intermediates, also
-    the states and predicted clean images of every step (GaussianDiffusion.sample).
-
-    A latent model (cfg.autoencoder set) samples latents and `autoencoder` decodes every one of
-    them, intermediates included, so that the caller gets pixels either way. Its x0-hat is not
-    clipped to [-1, 1]: that is the range of pixels, while unit-variance latents reach 3 and
-    beyond (DiT, too, samples its latents with clip_denoised=False)."""
-    m, s = cfg.model, cfg.sample
-    latent = cfg.autoencoder is not None
-    if latent and autoencoder is None:
-        raise ValueError("a latent model samples latents: pass its autoencoder to decode them")
-    shape = (len(labels), m.in_channels, m.image_size, m.image_size)
-    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = diffusion.sample(model, shape, labels, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                               cfg_scale=s.cfg_scale, generator=generator, clip_denoised=not latent,
-                               return_intermediates=return_intermediates, progress=progress)
-    if not latent:
-        return out
-    if not return_intermediates:
-        return autoencoder.to_pixels(out)
-    x, states, x0_preds = out  # states (S + 1, B, C, h, w) and x0_preds (S, B, C, h, w), on the CPU
-
-    def decode_all(z):  # (K, B, C, h, w) -> (K, B, 1, 28, 28), 1,000 latents at a time
-        pixels = [autoencoder.to_pixels(chunk.to(x.device)).cpu()
-                  for chunk in z.flatten(0, 1).split(1000)]
-        return torch.cat(pixels).unflatten(0, z.shape[:2])
-
-    return autoencoder.to_pixels(x), decode_all(states), decode_all(x0_preds)
-
-
-def sample_grid(model, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
-                per_row: int, generator: torch.Generator | None = None,
-                bf16: bool = False, autoencoder=None) -> torch.Tensor:
-    """per_row samples of each digit in `digits`, digit-major: saved with nrow=per_row, row k
-    shows digits[k]. Returns (len(digits) * per_row, C, H, W) on the model's device."""
-    device = next(model.parameters()).device
-    labels = torch.tensor(digits, device=device).repeat_interleave(per_row)  # 0, 0, ..., 1, 1, ...
-    return generate(model, diffusion, labels, cfg, generator, bf16, autoencoder=autoencoder)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
@@ -92,27 +37,10 @@ def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[in
     return sorted({round(i * last / (columns - 1)) for i in range(columns)})
 
 
-def trajectory_panels(model, diffusion: GaussianDiffusion, cfg: Config, labels: torch.Tensor,
-                      generator=None, bf16: bool = False, autoencoder=None):
-    """Sample one image per label, keeping every state, and pick the states to show.
-
-    Returns (states, x0_preds, titles): states and x0_preds (columns, B, C, H, W) on the CPU, where
-    state k sits at noise level timesteps[k] of the sampler (state 0 is the noise x_T), x0_preds[k]
-    is the clean image the sampler predicted from it at that step, and the last column is the
-    finished sample x_0, shown as its own prediction."""
-    s = cfg.sample
-    _, states, x0_preds = generate(model, diffusion, labels, cfg, generator, bf16,  # (S + 1, ...)
-                                   return_intermediates=True, autoencoder=autoencoder)  # (S, ...)
-    timesteps = diffusion.sampler_timesteps(s.sampler, s.steps)  # (S,): the level of state k
-    cols = shown_columns(len(states))  # the last is S, the sample x_0
-    titles = ["x_T (noise)"] + [f"t={timesteps[c]}" for c in cols[1:-1]] + ["x_0"]
-    return states[cols], torch.cat([x0_preds[cols[:-1]], states[-1:]]), titles
-
-
 def save_trajectory(states: torch.Tensor, x0_preds: torch.Tensor, titles: list[str],
                     labels: list[int], path: str | Path) -> None:
     """Two rows per digit: the states x_t from noise (left) to digit (right), and under them
-    x0-hat, the sampler's prediction of the clean digit at that step (trajectory_panels)."""
+    x0-hat, the sampler's prediction of the clean digit at that step (sampling.trajectory_panels)."""
     plt = pyplot()
     cell = 0.65  # inches per image: 65 pixels, enough to see the noise give way to a digit
     fig, axes = plt.subplots(2 * len(labels), len(titles), squeeze=False,
@@ -132,27 +60,6 @@ def save_trajectory(states: torch.Tensor, x0_preds: torch.Tensor, titles: list[s
 
 
 # ------------------------------------------------------------------------------ guidance strip
-
-GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0 = unconditional, 1 = plain conditional model
-
-
-def guidance_strip(model, diffusion: GaussianDiffusion, cfg: Config, digits: list[int],
-                   scales=GUIDANCE_SCALES, seed: int = 0, bf16: bool = False,
-                   autoencoder=None) -> torch.Tensor:
-    """Each digit sampled at each guidance scale from the same starting noise (the generator is
-    seeded afresh for every scale), so that only the guidance differs between the columns.
-    Returns (len(digits), len(scales), C, H, W) on the CPU, values in [-1, 1]."""
-    device = next(model.parameters()).device
-    labels = torch.tensor(digits, device=device)
-    columns = []
-    for scale in scales:
-        scaled = copy.deepcopy(cfg)  # the caller's config stays as it was
-        scaled.sample.cfg_scale = scale
-        g = torch.Generator(device).manual_seed(seed)
-        columns.append(generate(model, diffusion, labels, scaled, g, bf16,
-                                autoencoder=autoencoder).cpu())
-    return torch.stack(columns, dim=1)
-
 
 def save_guidance_strip(images: torch.Tensor, digits: list[int], scales, path: str | Path) -> None:
     """One row per digit, one column per guidance scale."""
@@ -178,7 +85,7 @@ def save_guidance_strip(images: torch.Tensor, digits: list[int], scales, path: s
 FORWARD_TIMESTEPS = (0, 50, 100, 200, 300, 500, 700, 999)  # dense early, where the digit fades
 
 
-def forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, timesteps=FORWARD_TIMESTEPS,
+def forward_process(diffusion, x0: torch.Tensor, timesteps=FORWARD_TIMESTEPS,
                     seed: int = 0) -> torch.Tensor:
     """One digit x0 (C, H, W) noised to each of `timesteps` with q_sample and one fixed noise eps,
     so that only t changes along the row: (len(timesteps), C, H, W)."""
@@ -187,13 +94,13 @@ def forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, timesteps=FO
     return diffusion.q_sample(x0.expand(len(t), *x0.shape), t, eps.expand(len(t), *x0.shape))
 
 
-def min_snr_weight(diffusion: GaussianDiffusion, gamma: float) -> torch.Tensor:
+def min_snr_weight(diffusion, gamma: float) -> torch.Tensor:
     """min(SNR_t, gamma) / SNR_t for every t (T,): the weight of the loss at t under min-SNR
     (the same expression as GaussianDiffusion.training_loss)."""
     return diffusion.snr.clamp(max=gamma) / diffusion.snr
 
 
-def save_forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, gamma: float,
+def save_forward_process(diffusion, x0: torch.Tensor, gamma: float,
                          path: str | Path, timesteps=FORWARD_TIMESTEPS) -> None:
     """Top: the digit at growing t. Bottom: alpha-bar_t and the SNR (log scale) against t, with
     the min-SNR weight: where the signal goes and what min-SNR down-weights."""
@@ -228,23 +135,26 @@ def save_forward_process(diffusion: GaussianDiffusion, x0: torch.Tensor, gamma: 
 
 # ------------------------------------------------------------------------------ tokens
 
-def token_strip(x0: torch.Tensor, patch_size: int, gap: int = 1) -> torch.Tensor:
-    """The tokens of patchify, in order, as one row of p x p tiles with `gap` pixels of white
-    between them: (p, N * (p + gap) - gap), for a single-channel digit (1, H, W) in [-1, 1]."""
+def token_strip(tokens: torch.Tensor, patch_size: int, gap: int = 1) -> torch.Tensor:
+    """The tokens of one single-channel digit, (N, p * p) as dit.patchify lists them (token n is
+    patch n in row-major order, its pixels row by row), as one row of p x p tiles with `gap`
+    pixels of white between them: (p, N * (p + gap) - gap)."""
     p = patch_size
-    tokens = patchify(x0[None], p)[0]  # (N, p * p): token n is patch n in row-major order
-    tiles = [t.reshape(p, p) for t in tokens]  # pixels row by row, as patchify lists them
+    tiles = [t.reshape(p, p) for t in tokens]
     white = torch.ones(p, gap)
     return torch.cat([piece for tile in tiles for piece in (tile, white)][:-1], dim=1)
 
 
-def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str | Path) -> None:
-    """Top left: the digit cut into its p x p patches, numbered in token order. Top right: the
-    fixed 2D sin-cos position code added to the tokens, tokens x channels. Bottom: the tokens in
-    that order, each a patch of p * p pixels (patchify), before the linear map to D channels."""
+def save_tokens(x0: torch.Tensor, tokens: torch.Tensor, code: torch.Tensor, patch_size: int,
+                path: str | Path) -> None:
+    """Top left: the digit x0 (1, H, W) cut into its p x p patches, numbered in token order. Top
+    right: the fixed 2D sin-cos position code added to the tokens, code (N, D). Bottom: the
+    tokens (N, p * p) in that order, each a patch of p * p pixels (dit.patchify), before the
+    linear map to D channels."""
     plt = pyplot()
     _, H, W = x0.shape
     p, side = patch_size, H // patch_size
+    hidden_size = code.shape[1]
     fig = plt.figure(figsize=(9, 5.2))
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 1], width_ratios=[1, 1.6])
     ax = fig.add_subplot(grid[0, 0])
@@ -257,7 +167,6 @@ def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str |
         ax.text(c * p + 0.3, r * p + 0.3, str(n), color="red", fontsize=7, va="top")
     ax.set_title(f"{H} x {W} digit: {side * side} patches of {p} x {p} pixels", fontsize=8)
     ax = fig.add_subplot(grid[0, 1])
-    code = sincos_pos_embed_2d(hidden_size, side)  # (N, D)
     shown = ax.imshow(code.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     fig.colorbar(shown, ax=ax, fraction=0.04)
     ax.set_xlabel(f"channel (0-{hidden_size // 2 - 1}: the patch's row, {hidden_size // 2}-"
@@ -266,7 +175,7 @@ def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str |
     ax.set_title(f"the 2D sin-cos position code added to each token (N x D = {side * side} x "
                  f"{hidden_size})", fontsize=8)
     ax = fig.add_subplot(grid[1, :])
-    ax.imshow(token_strip(x0, p).clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+    ax.imshow(token_strip(tokens, p).clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
     ax.set_xticks([n * (p + 1) + (p - 1) / 2 for n in range(side * side)])
     ax.set_xticklabels(range(side * side), fontsize=7)
     ax.set_yticks([])
@@ -279,21 +188,6 @@ def save_tokens(x0: torch.Tensor, patch_size: int, hidden_size: int, path: str |
 # ------------------------------------------------------------------------------ attention
 
 ATTENTION_TIMESTEPS = (900, 500, 100)  # mostly noise, half way, nearly clean
-
-
-def attention_panels(model, diffusion: GaussianDiffusion, x0: torch.Tensor, label: int,
-                     timesteps=ATTENTION_TIMESTEPS, seed: int = 0):
-    """For one digit x0 (C, H, W) noised to each of `timesteps` (one fixed noise): the noised
-    digits (L, H, W), every block's attention (L, depth, NH, N, N), and the query token shown:
-    the patch with the most ink, where the digit is."""
-    p = model.config.patch_size
-    device = next(model.parameters()).device
-    x_t = forward_process(diffusion, x0, timesteps, seed).to(device)  # (L, C, H, W)
-    t = torch.tensor(timesteps, device=device)
-    y = torch.full_like(t, label)
-    maps = torch.stack(model.attention_maps(x_t, t, y), dim=1).cpu()  # (L, depth, NH, N, N)
-    ink = patchify((x0[None] + 1) / 2, p)[0].sum(dim=1)  # (N,): bright pixels per patch
-    return x_t[:, 0].cpu(), maps, int(ink.argmax())
 
 
 def save_attention(x_t: torch.Tensor, maps: torch.Tensor, query: int, timesteps, patch_size: int,

@@ -9,7 +9,8 @@ reads as the training algorithm:
   * a checkpoint holds every rank's RNG state (`gather_rng`), so a resumed run continues each
     rank's stream of noise and timesteps;
   * the ranks' weights are identical at the end (`check_ranks_in_sync`);
-  * Ctrl-C (SIGINT) and SIGTERM ask for a clean stop instead of killing mid-step (`StopRequests`).
+  * Ctrl-C (SIGINT) and SIGTERM ask for a clean stop instead of killing mid-step (`StopRequests`);
+  * the ranks leave the process group together, once every one of them is done (`processes`).
 
 With one process every function here is a no-op or a plain read.
 """
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-from checkpoint import rng_state
-from config import pick_device
+from support.checkpoint import rng_state
+from support.cli import pick_device
 
 
 @dataclass
@@ -38,6 +41,24 @@ class Processes:
     def is_main(self) -> bool:
         """The first process alone prints, logs, saves and draws."""
         return self.rank == 0
+
+
+@contextmanager
+def processes(device_flag: str | None) -> Iterator[Processes]:
+    """`with processes(flag) as procs:` the block runs as this process of the run; on leaving it,
+    the process group is taken down. After a clean block every rank first waits at a barrier for
+    the others (rank 0 still draws its final samples while the others are done): a rank that
+    destroyed its group and exited while another still used it could abort in gloo's threads
+    ("terminate called without an active exception") after a finished run. After an error the
+    group is destroyed at once: the other ranks may never reach a barrier."""
+    procs = setup_processes(device_flag)
+    try:
+        yield procs
+    except BaseException:
+        teardown_processes()
+        raise
+    barrier(procs)
+    teardown_processes()
 
 
 def setup_processes(device_flag: str | None) -> Processes:

@@ -1,0 +1,161 @@
+"""Checkpoints for every script: atomic files, safe loading, the training log, random state.
+
+`train.py` writes a checkpoint, `inference.py` and `figures.py` sample from it and benchmarks read
+it back; all of them go through this module, so that no script imports another (as DiT's
+`download.py` serves both of its sample scripts). A checkpoint is a dict of tensors and plain
+Python types:
+
+    {"model", "ema": state dicts, "optimizer": its state dict, "config": Config.to_dict(),
+     "step", "epoch", "train_seconds", "rng": one RNG state per process, "world_size", "bf16"}
+
+A latent model (the `latent` preset) also carries "autoencoder", the state dict of its first stage
+with the scale factor, so that its samples can be decoded to pixels (autoencoder.py reads it).
+
+The shipped weights (`ship_weights`, pretrained/model.pth) keep only {"ema" in half precision,
+"config", "step", "source"}: enough to sample. Either way `torch.load(..., weights_only=True)`
+reads it without running any pickled code, and the script rebuilds the model from the stored
+config (nanoGPT's `GPTConfig(**checkpoint['model_args'])`): no script retypes a hyperparameter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from support.cli import UserError
+
+
+# ------------------------------------------------------------------------------ atomic files
+
+def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: bool = True) -> None:
+    """Call write(f) on a hidden temporary file beside `path`, then rename it over `path`
+    (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
+    folder listing that skips hidden files never sees half a file. With fsync the data reaches
+    the disk before the rename, so a power cut cannot leave an empty file under the final name;
+    fsync=False skips that wait for many small files that can be made again (benchmarks/README.md,
+    "Sampling speed", the paragraph after the table)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+        write(f)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+# ------------------------------------------------------------------------------ the training log
+
+def write_log(rows: list[dict], path: str | Path) -> None:
+    """log.csv, one row per logged step: its columns are the keys of the rows in order of first
+    appearance; a row without a column (the held-out loss is measured less often) leaves it empty."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue()), text=True)
+
+
+def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a log.csv as dicts of numbers (an empty cell left out), up to a step if given:
+    a resumed run keeps the rows of the checkpoint it resumes, not those written after it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+# ------------------------------------------------------------------------------ reading checkpoints
+
+SHIPPED = "pretrained/model.pth"  # the default run's EMA weights, in the repository
+
+
+def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:
+    """torch.load with weights_only=True (tensors and plain types only: a pickle that would run
+    code is refused), turning every failure into a one-line UserError that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train one with python train.py, or sample the "
+                        f"shipped weights with --checkpoint {SHIPPED}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{path} is not a plain checkpoint (weights_only loading refused it: "
+                        f"{first[:120]}); only load checkpoints written by train.py") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (EOFError,
+        # RuntimeError from the zip reader, IndexError from the unpickler, ...): all mean "corrupt"
+        raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}): retrain, or "
+                        "resume from an intact copy") from None
+    # Sampling needs the EMA weights and the config (all that the shipped weights hold), and a
+    # latent model its autoencoder, to decode what it samples; resuming needs the rest of the
+    # training state too.
+    needed = ["ema", "config"] + (["model", "optimizer", "step", "rng"] if with_training_state else [])
+    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
+    latent = not missing and isinstance(ckpt["config"], dict) and ckpt["config"].get("autoencoder")
+    if latent and "autoencoder" not in ckpt:
+        raise UserError(f"{path} is a latent model but holds no autoencoder to decode its samples: "
+                        "it is damaged or was written by another version; retrain it with "
+                        "python train.py --preset latent")
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)}): "
+                        "it is damaged or was written by another version; retrain it")
+    return ckpt
+
+
+def load_weights(module, state: dict, path: str | Path):
+    """module.load_state_dict(state) (a model's or an optimiser's), with a UserError when the
+    shapes do not match the stored config; returns the module. Weights stored in half precision
+    (the shipped file, `ship_weights`) are copied into the module's float32 tensors."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:  # optimisers raise ValueError or KeyError
+        detail = str(e).strip().splitlines()[-1].strip()[:150]
+        raise UserError(f"the weights in {path} do not match its config ({detail}): the file is "
+                        "damaged or was edited; retrain it") from None
+    return module
+
+
+def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
+    """The EMA weights of a training checkpoint in half precision, with its config and step and a
+    note of where they came from (`source`: the commit and command), written atomically to `out`:
+    what a reader needs to sample, at a quarter of the checkpoint's size (no raw weights, no
+    optimiser moments). Returns the dict written."""
+    ckpt = read_checkpoint(path, with_training_state=True)
+    shipped = {"ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()},
+               "config": ckpt["config"], "step": ckpt["step"], "source": source}
+    if "autoencoder" in ckpt:  # a latent model's decoder, kept in float32
+        shipped["autoencoder"] = ckpt["autoencoder"]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, shipped)
+    return shipped
+
+
+# ------------------------------------------------------------------------------ random state
+
+def rng_state(device: torch.device) -> dict:
+    """The RNG states a training process draws from: the CPU's, and its GPU's when it has one."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
