@@ -1,7 +1,8 @@
-"""Score a folder of generated digits against the MNIST test set: FID, MNIST-FD, class accuracy.
+"""Score a folder of generated digits against the MNIST test set: FID, MNIST-FD, precision and
+recall, class accuracy.
 
     python inference.py --num-per-class 100 --out-dir images/fake   # first, sample 1,000 digits
-    python fid_computer.py --metric mnist     # MNIST-FD and class accuracy: seconds, offline
+    python fid_computer.py --metric mnist     # the MNIST scores: seconds, offline
     python fid_computer.py                    # and the FID (made for 10,000: --num-per-class 1000)
     python fid_computer.py --fake my_digits/ --metric inception --dims 768
 
@@ -13,8 +14,11 @@ It scores folders; inference.py samples them. In the order of this file:
   3. FID: the Frechet distance between Gaussians fitted to the InceptionV3 pool features (2048
      dims) of the two sets, computed by pytorch-fid, a port of the authors' TensorFlow code;
   4. MNIST-FD: the same distance in the 128-dim features of a small MNIST classifier
-     (support/mnist_classifier.py), and the class accuracy: the share of the images generated for
-     digit k that this classifier reads as k.
+     (support/mnist_classifier.py); in the same features, improved precision and recall
+     (support/manifold.py): the share of generated digits that fall among the real ones, and the
+     share of real digits that fall among the generated ones (fidelity and variety, which one FD
+     mixes); and the class accuracy: the share of the images generated for digit k that this
+     classifier reads as k.
 
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
@@ -29,6 +33,8 @@ References:
         Equilibrium", NeurIPS 2017 (arXiv:1706.08500), the paragraph that defines the FID
   pytorch-fid: M. Seitzer, https://github.com/mseitzer/pytorch-fid (InceptionV3, FID weights)
   Frechet distance of Gaussians: Dowson & Landau, J. Multivariate Analysis 12, 1982
+  Precision and recall: Kynkaanniemi et al., "Improved Precision and Recall Metric for Assessing
+        Generative Models", NeurIPS 2019 (arXiv:1904.06991)
 """
 
 from __future__ import annotations
@@ -111,30 +117,37 @@ def cache_path(cache_dir: str | Path, name: str, files: list[Path], network: nn.
 
 def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dims: int,
                     cache_dir: str | Path, batch_size: int,
-                    device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the real set in the network's features, from the cache if there."""
-    if isinstance(network, MnistClassifier):
-        metric, name = "MNIST-FD", f"mnist{dims}"
-    else:
-        metric, name = "FID", f"inception{dims}"
+                    device: torch.device | str) -> dict[str, np.ndarray]:
+    """The real set in the network's features, from the cache if there: {"mu", "sigma"}, their
+    mean and covariance, and for the MNIST classifier also "features" themselves (N, 128), which
+    precision and recall compare point by point (5 MB for the test set; Inception's 2048-dim
+    features are not kept)."""
+    mnist = isinstance(network, MnistClassifier)
+    metric, name = ("MNIST-FD", f"mnist{dims}") if mnist else ("FID", f"inception{dims}")
     path = cache_path(cache_dir, name, files, network)
     if path.is_file():
         try:
             with np.load(path) as z:
-                mu, sigma = z["mu"], z["sigma"]
-            print(f"real statistics: {path} (cached)")
-            return mu, sigma
+                stats = {key: z[key] for key in z.files}
+            if not {"mu", "sigma"} <= set(stats):
+                raise KeyError("mu, sigma")
+            if "features" in stats or not mnist:  # else a cache from before precision and recall
+                print(f"real statistics: {path} (cached)")
+                return stats
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             print(f"warning: {path} is damaged ({type(e).__name__}); computing it again",
                   file=sys.stderr)
     check_enough_images(len(files), dims, str(real), metric, "use a larger real set")
     images = read_images(real, files)  # checks every file before the long computation
     print(f"real statistics: {metric} features of {len(files)} images in {real}")
-    mu, sigma = feature_statistics(network_features(network, images, dims, batch_size, device))
+    features = network_features(network, images, dims, batch_size, device)
+    stats = dict(zip(["mu", "sigma"], feature_statistics(features)))
+    if mnist:
+        stats["features"] = features.astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))  # a file: no ".npz" appended
+    atomic_write(path, lambda f: np.savez(f, **stats))  # a file: no ".npz" appended
     print(f"real statistics: saved to {path}")
-    return mu, sigma
+    return stats
 
 
 # ----------------------------------------------------------------------------- the generated folder
@@ -278,17 +291,19 @@ def run(args: argparse.Namespace) -> None:
     if inception is not None:
         with out_of_memory_as_error(f"the Inception network ran out of memory on {device}: pass "
                                     "a smaller --batch-size"):
-            real_mu, real_sigma = real_statistics(args.real, real_files, inception, args.dims,
-                                                  args.cache_dir, args.batch_size, device)
+            real = real_statistics(args.real, real_files, inception, args.dims, args.cache_dir,
+                                   args.batch_size, device)
             fake_features = network_features(inception, fake, args.dims, args.batch_size, device)
         mu, sigma = feature_statistics(fake_features)
-        print(f"FID: {frechet_distance(mu, sigma, real_mu, real_sigma):.2f}")
+        print(f"FID: {frechet_distance(mu, sigma, real['mu'], real['sigma']):.2f}")
     if classifier is not None:
         batch_size = max(args.batch_size, 500)  # the classifier is small: big batches fit anywhere
         real = real_statistics(args.real, real_files, classifier, MnistClassifier.FEATURE_DIMS,
                                args.cache_dir, batch_size, device)
         scores = mnist_scores(classifier, fake.pixels, fake.labels, real, batch_size, device)
         print(f"MNIST-FD: {scores['mnist_fd']:.3f}")
+        print(f"precision: {scores['precision']:.4f}")
+        print(f"recall: {scores['recall']:.4f}")
         if scores["class_accuracy"] is None:
             print(f"warning: class accuracy skipped: {fake.no_labels_reason}", file=sys.stderr)
         else:

@@ -1,13 +1,15 @@
 """The floor of the scores: real MNIST training digits scored as if they were generated.
 
-    python benchmarks/fid_floor.py          # MNIST-FD and class accuracy at 1,000 and 10,000 images
+    python benchmarks/fid_floor.py    # MNIST-FD, precision, recall, class accuracy at 1,000 and 10,000
 
 A perfect generator would draw digits exactly like the training set. Its scores against the test
 set are not 0: the two sets are different samples, and the Frechet distance estimated from a
 finite sample is biased upwards, the more so the fewer the images. So this is what "as good as it
 gets" looks like at each size, and generated sets must be compared with the floor at their size.
 Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
-common.MnistJudge against the MNIST test set, labels from the training set.
+common.MnistJudge against the MNIST test set, labels from the training set; precision and recall
+compare them with as many test digits (the first N), as support/mnist_classifier.mnist_scores
+does for generated digits.
 (For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
 folder to `fid_computer.py --fake`.)
 """
@@ -32,13 +34,14 @@ def main() -> None:
 
     images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
     judge = MnistJudge(args.data_dir)
-    print("| real training digits | seed | MNIST-FD | class accuracy |")
-    print("|---|---|---|---|")
+    print("| real training digits | seed | MNIST-FD | precision | recall | class accuracy |")
+    print("|---|---|---|---|---|---|")
     for n in args.sizes:
         for seed in args.seeds:
             idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
             s = judge.score(images[idx], labels[idx])
-            row = f"| {n:,} | {seed} | {s['mnist_fd']:.2f} | {s['class_accuracy']:.4f} |"
+            row = (f"| {n:,} | {seed} | {s['mnist_fd']:.2f} | {s['precision']:.3f} | "
+                   f"{s['recall']:.3f} | {s['class_accuracy']:.4f} |")
             print(row, flush=True)
 
 

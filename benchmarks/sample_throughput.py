@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "off"],
-                   help="network precision, one row per sampler and setting (checkpoint.use_bf16)")
+                   help="network precision, one row per sampler and setting (support.cli.use_bf16)")
     args = p.parse_args()
 
     import torch

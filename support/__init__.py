@@ -8,6 +8,7 @@
     pictures.py        drawing: grids, trajectories, plots, the animation
     image_files.py     folders of <index>_<label>.png digits, read back with checks
     frechet.py         the Frechet distance of two feature sets (FID and MNIST-FD)
+    manifold.py        improved precision and recall: fidelity and variety, apart
     mnist_classifier.py  the small CNN behind MNIST-FD and class accuracy, and the scores
     schedule.py        the half-cosine learning-rate decay
 

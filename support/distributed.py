@@ -45,12 +45,18 @@ class Processes:
 
 @contextmanager
 def processes(device_flag: str | None) -> Iterator[Processes]:
-    """`with processes(flag) as procs:` the block runs as this process of the run; on leaving it,
-    the process group is taken down. After a clean block every rank first waits at a barrier for
-    the others (rank 0 still draws its final samples while the others are done): a rank that
-    destroyed its group and exited while another still used it could abort in gloo's threads
-    ("terminate called without an active exception") after a finished run. After an error the
-    group is destroyed at once: the other ranks may never reach a barrier."""
+    """`with processes(flag) as procs:` the block runs as this process of the run, and the run
+    ends in an agreed order: a rank that leaves the block normally first waits at a barrier until
+    every rank has (the first one may still be drawing the final samples), and only then leaves
+    the process group; a rank that leaves with an exception leaves at once, since the others may
+    never reach the barrier (torchrun then stops them).
+
+    Why wait: a collective returns as soon as its result is there, but a gloo worker thread still
+    has to drop the tensors it used, which takes the GIL. A rank that went straight from its last
+    collective to exit could reach interpreter shutdown first; a thread that then asks for the
+    GIL is ended by Python inside a C++ destructor, and the process dies with "terminate called
+    without an active exception" (SIGABRT) after training well. At the barrier the workers
+    finish; the barrier itself holds none of our tensors."""
     procs = setup_processes(device_flag)
     try:
         yield procs

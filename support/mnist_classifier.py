@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from support.checkpoint import atomic_write
 from support.cli import UserError
 from support.frechet import feature_statistics, frechet_distance
+from support.manifold import precision_recall
 from support.schedule import half_cosine
 
 CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the digits it learnt from
@@ -173,16 +174,22 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
 # ------------------------------------------------------------------------------ the scores in memory
 
 def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torch.Tensor | None,
-                 real: tuple[np.ndarray, np.ndarray], batch_size: int = 500,
+                 real: dict[str, np.ndarray], batch_size: int = 500,
                  device: torch.device | str = "cpu") -> dict:
-    """MNIST-FD and class accuracy of generated digits, uint8 (N, 28, 28): the Frechet distance
-    of their classifier features to the real set's (mean, covariance) `real` (classifier_statistics),
-    and the share of them that the classifier reads as the digit in `labels` (None: no
-    accuracy). Returns {"mnist_fd", "class_accuracy", "per_class_accuracy" ({digit: accuracy}),
-    "num_images"}."""
+    """The scores of generated digits, uint8 (N, 28, 28), in the classifier's features, against
+    the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
+      mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
+      precision, recall: improved precision and recall with k = 3 (support/manifold.py), against
+                 the first N real digits, as many as were generated (both are estimated from
+                 samples, and the paper compares sets of equal size);
+      class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
+                 digit in `labels` (None without labels).
+    Also "num_images"."""
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
-    scores = {"mnist_fd": frechet_distance(mu, sigma, *real), "class_accuracy": None,
+    precision, recall = precision_recall(real["features"][: len(feats)], feats)
+    scores = {"mnist_fd": frechet_distance(mu, sigma, real["mu"], real["sigma"]),
+              "precision": precision, "recall": recall, "class_accuracy": None,
               "per_class_accuracy": None, "num_images": len(pixels)}
     if labels is not None:
         correct = preds == labels.cpu().long()
@@ -193,7 +200,9 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
 
 
 def classifier_statistics(classifier: MnistClassifier, pixels: torch.Tensor, batch_size: int = 500,
-                    device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of real digits (uint8 (N, 28, 28), e.g. the MNIST test set) in the
-    classifier's features: the reference of `mnist_scores`."""
-    return feature_statistics(classify(classifier, pixels, batch_size, device)[0])
+                          device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Real digits (uint8 (N, 28, 28), e.g. the MNIST test set) in the classifier's features, the
+    reference of `mnist_scores`: {"mu", "sigma"}, their mean and covariance, and "features"."""
+    features = classify(classifier, pixels, batch_size, device)[0]
+    mu, sigma = feature_statistics(features)
+    return {"mu": mu, "sigma": sigma, "features": features}

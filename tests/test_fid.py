@@ -141,6 +141,7 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
     real = mc.classifier_statistics(classifier, images)
     same = mc.mnist_scores(classifier, images, labels, real)
     assert abs(same["mnist_fd"]) < 1e-6 and same["num_images"] == N_TEST
+    assert same["precision"] == same["recall"] == 1.0  # every point lies in its own twin's ball
     # A different set is further away, and the wrong labels are read as wrong.
     noisy = (images.float() * 0.5 + 100).to(torch.uint8)
     assert mc.mnist_scores(classifier, noisy, None, real)["mnist_fd"] > 1e-3
@@ -152,6 +153,7 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
     status, out, _ = run_main(["--metric", "mnist", "--data-dir", tiny, "--fake", folder,
                                "--real", folder, "--cache-dir", tmp_path / "cache"], capsys)
     assert status == 0 and abs(score(out, "MNIST-FD")) < 1e-3
+    assert score(out, "precision") == score(out, "recall") == 1.0
     assert score(out, "class accuracy") == pytest.approx(same["class_accuracy"], abs=1e-4)
     assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 1
 
@@ -189,6 +191,31 @@ def test_classifier_on_real_mnist():
     blurred = torch.nn.functional.avg_pool2d(images.unsqueeze(1).float(), 3, 1, 1)[:, 0]
     far = mc.mnist_scores(model, blurred.to(torch.uint8), labels, real)["mnist_fd"]
     assert 0 < near < far
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
+                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+def test_precision_and_recall_tell_fidelity_from_variety_on_real_mnist():
+    """1,000 training digits against the test set score high on both; 1,000 training digits of
+    the digits 0-4 only (labels right, each digit real) keep their precision but lose recall:
+    what they draw is real, but half of what is real they never draw; blurred noise, drawn for
+    every digit, loses precision."""
+    data_dir = resolve_data_dir()
+    model = mc.load_classifier(data_dir, load_mnist, "cpu")
+    real = mc.classifier_statistics(model, load_mnist(data_dir, train=False, download=False)[0])
+    images, labels = load_mnist(data_dir, train=True, download=False)
+    full = mc.mnist_scores(model, images[:1000], labels[:1000], real)
+    low = torch.nonzero(labels < 5)[:1000, 0]
+    half = mc.mnist_scores(model, images[low], labels[low], real)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.nn.functional.avg_pool2d(torch.rand(1000, 1, 28, 28, generator=g), 5, 1, 2)
+    blurred_noise = mc.mnist_scores(model, (noise[:, 0] * 255).to(torch.uint8), None, real)
+    assert full["precision"] > 0.6 and full["recall"] > 0.6, full
+    assert abs(half["precision"] - full["precision"]) < 0.1, (half, full)
+    assert half["recall"] < 0.7 * full["recall"], (half, full)
+    assert half["class_accuracy"] > 0.97  # the labels are right: accuracy cannot see it
+    assert blurred_noise["precision"] < 0.2 < full["precision"], blurred_noise
 
 
 # ------------------------------------------------------------------------------ the real set

@@ -1,0 +1,56 @@
+"""Improved precision and recall (Kynkaanniemi et al. 2019, arXiv:1904.06991): how much of what a
+generator draws looks real, and how much of what is real it can draw.
+
+A Frechet distance folds two questions into one number: are the samples good (fidelity), and do
+they cover every way a digit can look (variety)? A model that draws only the commonest shapes of
+each digit, well, can score a fair FD and still miss half of what real digits look like. These
+two numbers answer the questions apart, in the same feature space as MNIST-FD:
+
+  * Each set of features is turned into a manifold: the union of balls around each of its points,
+    each ball's radius the distance to that point's k-th nearest neighbour in its own set
+    (section 3 of the paper, k = 3 as there).
+  * precision = the share of generated points that fall inside the real manifold;
+    recall    = the share of real points that fall inside the generated manifold.
+
+A set of blurry or broken digits loses precision; a set that draws only some digits, or only one
+way of writing each, loses recall. Both are estimated from samples: compare them at equal numbers
+of images, and with what real digits score against real digits (benchmarks/fid_floor.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+K = 3  # the paper's k: small enough to follow the data's shape, large enough not to be noise
+
+
+def knn_radii(features: torch.Tensor, k: int = K, chunk: int = 1000) -> torch.Tensor:
+    """The distance of each point (N, d) to its k-th nearest neighbour among the others: (N,).
+    Computed a chunk of rows at a time, so that 10,000 points need no 10,000 x 10,000 matrix."""
+    if len(features) <= k:
+        raise ValueError(f"{len(features)} points have no {k}-th nearest neighbour among the others")
+    radii = []
+    for rows in features.split(chunk):
+        d = torch.cdist(rows, features)  # (chunk, N); each row's own point is at distance 0
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # the (k+1)-th smallest skips the point itself
+    return torch.cat(radii)
+
+
+def coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+             chunk: int = 1000) -> float:
+    """The share of `points` (M, d) inside at least one ball (centres (N, d), radii (N,))."""
+    inside = []
+    for rows in points.split(chunk):
+        inside.append((torch.cdist(rows, centres) <= radii[None, :]).any(dim=1))
+    return torch.cat(inside).double().mean().item()
+
+
+def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
+                     k: int = K) -> tuple[float, float]:
+    """(precision, recall) of fake features (M, d) against real features (N, d), in float64."""
+    real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    precision = coverage(fake, real, knn_radii(real, k))
+    recall = coverage(real, fake, knn_radii(fake, k))
+    return precision, recall
