@@ -1,4 +1,5 @@
-"""One typed configuration for the whole project: model, diffusion, training and sampling.
+"""One typed configuration for the whole project: model, diffusion, training, sampling and the
+latent preset's autoencoder.
 
 Every field says why it has its value, in the manner of nanoGPT's `GPTConfig`; the measurements
 behind the values are in benchmarks/README.md, under the section each comment names. Scripts start
@@ -83,7 +84,8 @@ class DiffusionConfig:
 class TrainConfig:
     batch_size: int = 64  # on 2 CPU cores, more updates per minute beat bigger batches
     #                        ("Sample quality at the default's training time")
-    lr: float = 4e-3  # AdamW peak rate; small models tolerate far more than DiT's 1e-4
+    lr: float = 4e-3  # AdamW peak rate; small models tolerate far more than DiT's 1e-4 ("Sample
+    #                   quality at the default's training time")
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step): at this size
     # the warm-up cost more than it saved ("Levers"). Larger models may still want it (the gpu

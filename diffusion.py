@@ -119,6 +119,13 @@ class GaussianDiffusion:
         snr = self._gather(self.snr, t, mse)  # (B,)
         return mse * snr.clamp(max=gamma) / snr
 
+    def min_snr_weights(self, gamma: float) -> torch.Tensor:
+        """The weight that the loss gives each timestep, (T,): min(SNR_t, gamma) / SNR_t, or 1
+        everywhere for gamma = 0 (plain MSE), as `_min_snr_weighted` applies it."""
+        if gamma <= 0:
+            return torch.ones_like(self.snr)
+        return self.snr.clamp(max=gamma) / self.snr
+
     @torch.no_grad()
     def heldout_losses(self, model, x0: torch.Tensor, y: torch.Tensor, min_snr_gamma: float = 0.0,
                        buckets: int = 10, seed: int = 0) -> dict:

@@ -120,7 +120,7 @@ def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dim
                     device: torch.device | str) -> dict[str, np.ndarray]:
     """The real set in the network's features, from the cache if there: {"mu", "sigma"}, their
     mean and covariance, and for the MNIST classifier also "features" themselves (N, 128), which
-    precision and recall compare point by point (5 MB for the test set; Inception's 2048-dim
+    precision and recall compare point by point (10 MB for the test set; Inception's 2048-dim
     features are not kept)."""
     mnist = isinstance(network, MnistClassifier)
     metric, name = ("MNIST-FD", f"mnist{dims}") if mnist else ("FID", f"inception{dims}")
@@ -143,7 +143,7 @@ def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dim
     features = network_features(network, images, dims, batch_size, device)
     stats = dict(zip(["mu", "sigma"], feature_statistics(features)))
     if mnist:
-        stats["features"] = features.astype(np.float32)
+        stats["features"] = features  # float64, as the generated set's: the same distances
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **stats))  # a file: no ".npz" appended
     print(f"real statistics: saved to {path}")
@@ -210,7 +210,7 @@ def network_features(network: nn.Module, images: ImageFolder, dims: int, batch_s
                            min(batch_size, len(images.files)), dims, device, num_workers=0)
 
 
-# ---------------------------------------------------------------------- MNIST-FD and class accuracy
+# ---------------------------------------------------------------------- the MNIST scores
 
 def check_mnist_size(pixels: torch.Tensor, what: str) -> None:
     """The classifier's fc layer fixes its input to 28 x 28."""
@@ -223,12 +223,13 @@ def check_mnist_size(pixels: torch.Tensor, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="FID, MNIST-FD and class accuracy of a folder of generated digits against "
-                    "the MNIST test set.",
+        description="FID, MNIST-FD, precision, recall and class accuracy of a folder of generated "
+                    "digits against the MNIST test set.",
         epilog=f"Sample the folder first: {sample_command(FAKE_DIR)} (1,000 digits; "
                "--num-per-class 1000 for the standard FID on 10,000).")
     p.add_argument("--metric", choices=["inception", "mnist", "all"], default="all",
-                   help="inception = FID; mnist = MNIST-FD and class accuracy; default: all")
+                   help="inception = FID; mnist = MNIST-FD, precision, recall and class accuracy; "
+                        "default: all")
     p.add_argument("--fake", default=FAKE_DIR,
                    help=f"generated images named <index>_<label>.png (default: {FAKE_DIR})")
     p.add_argument("--real", default=REAL_DIR,
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the standard FID)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--batch-size", type=int, default=100,
-                   help="images per batch through the networks (default: 100)")
+                   help="images per batch through Inception (default: 100); the small MNIST "
+                        "classifier takes at least 500 at a time")
     return p
 
 

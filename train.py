@@ -180,6 +180,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     ckpt_path = out_dir / CHECKPOINT_NAME
     bf16 = use_bf16(args.amp, device)
     cfg, checkpoint = start_or_resume(args, procs, bf16)
+    if args.autoencoder and cfg.autoencoder is None:
+        raise UserError(f"--autoencoder is for --preset latent; preset {cfg.preset} trains on "
+                        "pixels: drop the flag")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and newer GPUs
         torch.backends.cudnn.allow_tf32 = True
@@ -190,9 +193,6 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     n = cfg.train.eval_images
     heldout = (to_model_range(test_images[:n]).to(device), test_labels[:n].to(device))
     autoencoder = None
-    if args.autoencoder and cfg.autoencoder is None:
-        raise UserError(f"--autoencoder is for --preset latent; preset {cfg.preset} trains on "
-                        "pixels: drop the flag")
     if cfg.autoencoder is not None:  # the latent preset: the DiT's data are latents, encoded once
         autoencoder = first_stage(cfg.autoencoder, images, out_dir, procs, cfg.train.seed,
                                   reuse=args.autoencoder, overwrite=args.overwrite,
@@ -332,7 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start afresh even if <out-dir>/model.pth exists")
     p.add_argument("--autoencoder", default=None,
                    help="--preset latent: reuse this finished autoencoder.pth (default: the one "
-                        "in <out-dir> if there is one, else train a new one there)")
+                        "in <out-dir> if there is one and not --overwrite, else train a new one "
+                        "there)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow start, faster steps)")

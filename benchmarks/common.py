@@ -41,7 +41,8 @@ def load_model(path: str | Path, device="cpu"):
 
 
 class MnistJudge:
-    """MNIST-FD and class accuracy of digits in memory against the MNIST test set, in the features
+    """MNIST-FD, precision, recall and class accuracy of digits in memory against the MNIST test
+    set, in the features
     of the MNIST classifier (trained once into the data folder, as fid_computer.py does). The
     10,000 test digits are the same pixels that fid_computer.py exports to images/real, so the
     scores are the script's."""

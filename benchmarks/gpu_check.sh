@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one go: what the machine is, the test suite on CUDA, training throughput
 # of the `gpu` preset (bf16 + TF32, with and without torch.compile), a training run on a fixed
-# wall-clock budget, then 10,000 samples scored with MNIST-FD and class accuracy.
+# wall-clock budget, then 10,000 samples scored with MNIST-FD, precision, recall and class accuracy.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR          # on a GPU: about 8 minutes on one H100/H200
 #   bash benchmarks/gpu_check.sh OUT_DIR --cpu    # the same steps with the tiny preset and tiny
@@ -141,7 +141,7 @@ score() {
         --data-dir "$DATA_ABS")
 }
 step "score" score
-grep -E "^(MNIST-FD|class accuracy|per digit)" "$LOG" | sed 's/^/  /' >> "$SUMMARY"
+grep -E "^(MNIST-FD|precision|recall|class accuracy|per digit)" "$LOG" | sed 's/^/  /' >> "$SUMMARY"
 
 say "- failed steps: $FAILED"
 exit "$FAILED"

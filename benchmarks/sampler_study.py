@@ -1,4 +1,5 @@
-"""The sampler study: MNIST-FD, class accuracy and time of every sampler at several step counts.
+"""The sampler study: MNIST-FD, class accuracy, precision, recall and time of every sampler at
+several step counts.
 
     python benchmarks/sampler_study.py --checkpoint runs/default/model.pth     # ~50 min on 2 cores
     python benchmarks/sampler_study.py --checkpoint runs/default/model.pth --amp off \
@@ -32,7 +33,8 @@ from common import MnistJudge, load_model  # beside this file in benchmarks/
 
 SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
-COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta"]
+COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta",
+           "precision", "recall"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sampling noise, the same for every row (default: 0)")
     p.add_argument("--out", default=None, help="CSV path, the plot beside it as .png "
-                   "(default: sweep.csv beside the checkpoint)")
+                   "(default: sweep.csv beside a checkpoint in runs/, else runs/sweep/sweep.csv)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="images sampled at once (default: 100, as the study was measured)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
@@ -97,7 +99,9 @@ def sweep(args: argparse.Namespace) -> Path:
             for steps in ([T] if sampler == "ddpm" else args.steps)]
     for sampler, steps in runs:  # every bad setting fails now, not after an hour
         dataclasses.replace(cfg.sample, sampler=sampler, steps=steps, eta=args.eta).check(T)
-    out = Path(args.out) if args.out else checkpoint.parent / "sweep.csv"
+    inside_runs = Path("runs").resolve() in checkpoint.resolve().parents  # not pretrained/
+    out = Path(args.out) if args.out else (checkpoint.parent if inside_runs else
+                                           Path("runs") / "sweep") / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     judge = MnistJudge(args.data_dir, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -122,8 +126,11 @@ def sweep(args: argparse.Namespace) -> Path:
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
                      "mnist_fd": round(scores["mnist_fd"], 4),
                      "class_accuracy": round(scores["class_accuracy"], 4),
-                     "seconds": round(seconds, 2), "bf16": bf16, "eta": args.eta})
-        print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  class accuracy "
+                     "seconds": round(seconds, 2), "bf16": bf16, "eta": args.eta,
+                     "precision": round(scores["precision"], 4),
+                     "recall": round(scores["recall"], 4)})
+        print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  precision "
+              f"{scores['precision']:.3f}  recall {scores['recall']:.3f}  class accuracy "
               f"{scores['class_accuracy']:.4f}  {seconds:7.1f} s", flush=True)
         write_sweep(rows, out)  # after every row: an interrupted study keeps what it measured
     return out

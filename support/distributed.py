@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from support.checkpoint import rng_state
-from support.cli import pick_device
+from support.cli import UserError, pick_device
 
 
 @dataclass
@@ -75,6 +75,10 @@ def setup_processes(device_flag: str | None) -> Processes:
     if world_size == 1:
         return Processes(device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda" and device.index is not None:
+        raise UserError(f"--device {device_flag}: under torchrun each process takes the GPU of its "
+                        "LOCAL_RANK; pass --device cuda, and choose the GPUs with "
+                        "CUDA_VISIBLE_DEVICES")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)  # one GPU per process
         torch.cuda.set_device(device)

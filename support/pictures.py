@@ -94,12 +94,6 @@ def forward_process(diffusion, x0: torch.Tensor, timesteps=FORWARD_TIMESTEPS,
     return diffusion.q_sample(x0.expand(len(t), *x0.shape), t, eps.expand(len(t), *x0.shape))
 
 
-def min_snr_weight(diffusion, gamma: float) -> torch.Tensor:
-    """min(SNR_t, gamma) / SNR_t for every t (T,): the weight of the loss at t under min-SNR
-    (the same expression as GaussianDiffusion.training_loss)."""
-    return diffusion.snr.clamp(max=gamma) / diffusion.snr
-
-
 def save_forward_process(diffusion, x0: torch.Tensor, gamma: float,
                          path: str | Path, timesteps=FORWARD_TIMESTEPS) -> None:
     """Top: the digit at growing t. Bottom: alpha-bar_t and the SNR (log scale) against t, with
@@ -122,8 +116,10 @@ def save_forward_process(diffusion, x0: torch.Tensor, gamma: float,
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(grid[1, half:])
     ax.plot(t, diffusion.snr, label="SNR_t = alpha-bar / (1 - alpha-bar)")
-    ax.plot(t, min_snr_weight(diffusion, gamma), label=f"min-SNR weight min(SNR, {gamma:g}) / SNR")
-    ax.axhline(gamma, color="gray", lw=0.8, ls="--")
+    name = f"min-SNR weight min(SNR, {gamma:g}) / SNR" if gamma > 0 else "loss weight (plain MSE)"
+    ax.plot(t, diffusion.min_snr_weights(gamma), label=name)
+    if gamma > 0:
+        ax.axhline(gamma, color="gray", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xlabel("t")
     ax.legend(fontsize=7)

@@ -227,7 +227,8 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
                                  "--samplers", "ddim", "plms", "dpm-solver++"])
     assert status == 0
     rows = out.read_text().splitlines()
-    assert rows[0] == "sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta"
+    assert rows[0] == ("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta,"
+                       "precision,recall")
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -238,6 +239,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert fd > 0 and 0 <= acc <= 1 and sec > 0
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
+        assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 

@@ -317,3 +317,14 @@ def test_training_overfits_one_batch(diffusion):
     after = eval_loss()
     assert before == pytest.approx(1.0, abs=0.05)  # a fresh model predicts eps = 0: loss = E[eps^2]
     assert after < before / 8, (before, after)  # measured: 1.00 -> ~0.05
+
+
+def test_min_snr_weight_is_one_where_noisy_and_gamma_over_snr_where_clean(diffusion):
+    w = diffusion.min_snr_weights(5.0)
+    t = torch.arange(1000)
+    assert torch.allclose(diffusion._min_snr_weighted(torch.ones(1000), t, 5.0), w)  # the loss's
+    assert torch.equal(diffusion.min_snr_weights(0.0), torch.ones(1000))  # plain MSE: all 1
+    clean = diffusion.snr > 5
+    assert torch.equal(w[~clean], torch.ones_like(w[~clean]))
+    assert torch.allclose(w[clean], 5.0 / diffusion.snr[clean])
+    assert clean[:130].all() and not clean[130:].any()  # t < 130: the 13% down-weighted

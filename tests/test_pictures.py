@@ -39,14 +39,6 @@ def test_forward_process_starts_at_the_digit_and_ends_in_noise(diffusion):
     assert abs(corr) < 0.1
 
 
-def test_min_snr_weight_is_one_where_noisy_and_gamma_over_snr_where_clean(diffusion):
-    w = pictures.min_snr_weight(diffusion, 5.0)
-    clean = diffusion.snr > 5
-    assert torch.equal(w[~clean], torch.ones_like(w[~clean]))
-    assert torch.allclose(w[clean], 5.0 / diffusion.snr[clean])
-    assert clean[:130].all() and not clean[130:].any()  # t < 130: the 13% down-weighted
-
-
 def test_token_strip_reassembles_to_the_digit():
     x0 = fake_digit()
     for p in (4, 7):
