@@ -246,14 +246,14 @@ def read_autoencoder(path: str | Path, cfg: AutoencoderConfig) -> tuple[Autoenco
     return autoencoder.eval(), float(saved.get("seconds", 0.0))
 
 
-def autoencoder_of(checkpoint: dict, cfg, path: str | Path,
+def autoencoder_of(checkpoint: dict, cfg: AutoencoderConfig | None, path: str | Path,
                    device: torch.device | str = "cpu") -> Autoencoder | None:
     """The autoencoder that decodes a latent model's samples, from the model's checkpoint (a
     dict read by support.checkpoint.read_checkpoint, which made sure a latent model has one), in
-    eval mode; None for a model of pixels (cfg: the checkpoint's config.Config)."""
-    if cfg.autoencoder is None:
+    eval mode; None for a model of pixels (cfg: the checkpoint's config.autoencoder, None)."""
+    if cfg is None:
         return None
-    autoencoder = load_weights(Autoencoder(cfg.autoencoder), checkpoint["autoencoder"], path)
+    autoencoder = load_weights(Autoencoder(cfg), checkpoint["autoencoder"], path)
     return autoencoder.to(device).eval()
 
 
@@ -270,8 +270,7 @@ def first_stage(cfg: AutoencoderConfig, images: torch.Tensor, out_dir: str | Pat
         if reuse:
             raise UserError("a resumed run decodes with the autoencoder it was trained with: drop "
                             "--autoencoder")
-        autoencoder = load_weights(Autoencoder(cfg), resumed["autoencoder"], "the resumed checkpoint")
-        return autoencoder.to(device).eval()
+        return autoencoder_of(resumed, cfg, "the resumed checkpoint", device)
     path = Path(reuse) if reuse else Path(out_dir) / AUTOENCODER_FILE
     found = bool(reuse) or (path.exists() and not overwrite)
     barrier(procs)  # every rank has looked for the file before the first one can write it

@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from support.cli import UserError
+from support.cli import UserError, flag
 
 
 def _check_at_least(section: object, names: list[str], least: int = 1, flags: bool = True) -> None:
@@ -30,7 +30,7 @@ def _check_at_least(section: object, names: list[str], least: int = 1, flags: bo
     for name in names:
         value = getattr(section, name)
         if value < least:
-            spelt = f"--{name.replace('_', '-')}" if flags else name
+            spelt = f"--{flag(name)}" if flags else name
             raise UserError(f"{spelt} must be {'positive' if least else '0 or more'}, got {value}")
 
 

@@ -29,7 +29,7 @@ from dataset import load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from dit import DiT, patchify, sincos_pos_embed_2d
 from support.checkpoint import SHIPPED, load_weights, read_checkpoint, read_log
-from support.cli import AMP_CHOICES, UserError, exit_status, pick_device, use_bf16
+from support.cli import AMP_CHOICES, UserError, exit_status, flag, pick_device, use_bf16
 from support.pictures import (ATTENTION_TIMESTEPS, forward_process, sampling_frames, save_attention,
                               save_forward_process, save_gates_plot, save_gif, save_latent_channels,
                               save_loss_plot, save_reconstructions, save_tokens)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
                             f"{path}, a {kind} model: choose from {', '.join(allowed)}")
     for name, pictures in USES.items():
         if getattr(args, name) is not None and not wanted & pictures:
-            raise UserError(f"--{name.replace('_', '-')} changes only {', '.join(sorted(pictures))}, "
+            raise UserError(f"--{flag(name)} changes only {', '.join(sorted(pictures))}, "
                             "none of which is drawn here: drop it")
     digit, seed, out = args.digit or 0, args.seed or 0, Path(args.out_dir)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     if wanted & {"attention", "sampling", "reconstructions", "latents"}:
         device = pick_device(args.device)
         model = load_weights(DiT(cfg.model), checkpoint["ema"], path).to(device).eval()
-        autoencoder = autoencoder_of(checkpoint, cfg, path, device)  # None for pixels
+        autoencoder = autoencoder_of(checkpoint, cfg.autoencoder, path, device)  # or None
     if wanted & USES["digit"]:
         images, labels = load_mnist(resolve_data_dir(args.data_dir), train=False)
         if not 0 <= digit < len(images):

@@ -37,15 +37,15 @@ from config import SAMPLERS, Config
 from dataset import to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
-from support.checkpoint import load_weights, read_checkpoint
-from support.cli import AMP_CHOICES, UserError, exit_status, out_of_memory_as_error, pick_device, use_bf16
+from support.checkpoint import load_weights, outputs_dir, read_checkpoint
+from support.cli import (AMP_CHOICES, UserError, exit_status, flag, out_of_memory_as_error,
+                         pick_device, use_bf16)
 from support.image_files import LABELLED_NAME, labelled_file_name
 from support.pictures import save_grid, save_guidance_strip, save_trajectory
 from support.sampling import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
                               trajectory_panels)
 
 DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes with no flags
-RUNS = Path("runs")  # every output of the scripts goes under here unless the user says otherwise
 
 
 # ------------------------------------------------------------------------------ files for scoring
@@ -89,14 +89,6 @@ def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, pe
     return [out_dir / name for name in names]
 
 
-def pictures_dir(checkpoint: str | Path) -> Path:
-    """Where a checkpoint's pictures go: beside it when it is a run in runs/, else runs/samples/
-    (the shipped weights live in the tracked pretrained/ folder, which sampling must not dirty)."""
-    folder = Path(checkpoint).resolve().parent
-    runs = RUNS.resolve()
-    return folder if folder == runs or runs in folder.parents else RUNS / "samples"
-
-
 # ------------------------------------------------------------------------------ the command line
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,7 +130,7 @@ def check_flags(args: argparse.Namespace, cfg: Config) -> None:
     it, a setting the chosen sampler ignores), apply the sampling flags that were given to
     cfg.sample, and check every value."""
     def spelt(names):
-        return ", ".join(f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None)
+        return ", ".join(f"--{flag(n)}" for n in names if getattr(args, n) is not None)
 
     if args.num_per_class is None and spelt(["out_dir", "batch_size"]):
         raise UserError(f"{spelt(['out_dir', 'batch_size'])}: for the image files of "
@@ -164,7 +156,7 @@ def check_flags(args: argparse.Namespace, cfg: Config) -> None:
                             f"{cfg.model.num_classes - 1}")
     for name in ["per_row", "batch_size", "num_per_class"]:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise UserError(f"--{flag(name)} must be positive, got {getattr(args, name)}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -172,7 +164,7 @@ def run(args: argparse.Namespace) -> None:
     checkpoint = read_checkpoint(args.checkpoint)  # tensors and plain types only (weights_only)
     cfg = Config.from_dict(checkpoint["config"], source=args.checkpoint)  # nothing is retyped
     model = load_weights(DiT(cfg.model), checkpoint["ema"], args.checkpoint).to(device).eval()
-    autoencoder = autoencoder_of(checkpoint, cfg, args.checkpoint, device)  # None for pixels
+    autoencoder = autoencoder_of(checkpoint, cfg.autoencoder, args.checkpoint, device)  # or None
     check_flags(args, cfg)
     s = cfg.sample
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -192,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         return
 
     digits = args.labels if args.labels is not None else list(range(cfg.model.num_classes))
-    per_row, folder = args.per_row or 10, pictures_dir(args.checkpoint)
+    per_row, folder = args.per_row or 10, outputs_dir(args.checkpoint, "samples")
     with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
                                 "--per-row or fewer --labels"):
         g = torch.Generator(device).manual_seed(args.seed)

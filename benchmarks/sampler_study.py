@@ -77,6 +77,7 @@ def sweep(args: argparse.Namespace) -> Path:
     import torch
 
     from diffusion import GaussianDiffusion
+    from support.checkpoint import outputs_dir
     from support.cli import UserError, out_of_memory_as_error, pick_device, use_bf16
     from support.frechet import check_enough_images
     from support.mnist_classifier import MnistClassifier
@@ -99,9 +100,7 @@ def sweep(args: argparse.Namespace) -> Path:
             for steps in ([T] if sampler == "ddpm" else args.steps)]
     for sampler, steps in runs:  # every bad setting fails now, not after an hour
         dataclasses.replace(cfg.sample, sampler=sampler, steps=steps, eta=args.eta).check(T)
-    inside_runs = Path("runs").resolve() in checkpoint.resolve().parents  # not pretrained/
-    out = Path(args.out) if args.out else (checkpoint.parent if inside_runs else
-                                           Path("runs") / "sweep") / "sweep.csv"
+    out = Path(args.out) if args.out else outputs_dir(checkpoint, "sweep") / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     judge = MnistJudge(args.data_dir, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)

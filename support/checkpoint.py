@@ -82,6 +82,15 @@ def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
 # ------------------------------------------------------------------------------ reading checkpoints
 
 SHIPPED = "pretrained/model.pth"  # the default run's EMA weights, in the repository
+RUNS = Path("runs")  # the scripts' outputs go under here unless the user names another place
+
+
+def outputs_dir(checkpoint: str | Path, elsewhere: str) -> Path:
+    """Where what is made from a checkpoint goes: beside it when it is a run in runs/, else
+    runs/<elsewhere>/ (the shipped weights live in the tracked pretrained/, which must stay clean)."""
+    folder = Path(checkpoint).resolve().parent
+    runs = RUNS.resolve()
+    return folder if folder == runs or runs in folder.parents else RUNS / elsewhere
 
 
 def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:

@@ -72,7 +72,7 @@ def load_autoencoder(path, cfg, device="cpu"):
     from autoencoder import autoencoder_of
     from support.checkpoint import read_checkpoint
 
-    return autoencoder_of(read_checkpoint(path), cfg, path, device)
+    return autoencoder_of(read_checkpoint(path), cfg.autoencoder, path, device)
 
 
 def train_config(*flags):
