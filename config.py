@@ -80,6 +80,9 @@ class DiffusionConfig:
     beta_end: float = 0.02  # ... to beta_T = 0.02: alpha-bar_T ~ 4e-5, so x_T is nearly pure noise
 
 
+T_SAMPLINGS = ("uniform", "logit-normal")  # GaussianDiffusion.draw_timesteps
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # on 2 CPU cores, more updates per minute beat bigger batches
@@ -87,6 +90,7 @@ class TrainConfig:
     lr: float = 4e-3  # AdamW peak rate; small models tolerate far more than DiT's 1e-4 ("Sample
     #                   quality at the default's training time")
     weight_decay: float = 0.0  # DiT trains without weight decay
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (PyTorch's and DiT's 0.999)
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step): at this size
     # the warm-up cost more than it saved ("Levers"). Larger models may still want it (the gpu
     # preset keeps 500, as DiT-sized Transformers usually do).
@@ -107,6 +111,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023, gamma = 5 as
     #                             there); 0 = plain MSE. Steers effort to the noisy steps where the
     #                             digit's class is decided
+    t_sampling: str = "uniform"  # how training draws t: "uniform" or "logit-normal"
     seed: int = 0  # one seed for weights, batches and noise: runs are reproducible
     log_every: int = 50  # steps between rows of the loss log
     eval_every: int = 500  # steps between held-out losses: a forward pass over eval_images
@@ -122,6 +127,11 @@ class TrainConfig:
         _check_at_least(self, ["max_steps", "sample_every", "warmup_steps", "time_limit"], least=0)
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise UserError(f"--t-sampling must be one of {', '.join(T_SAMPLINGS)}, got "
+                            f"{self.t_sampling!r}")
+        if not 0 <= self.adam_beta2 < 1:
+            raise UserError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
@@ -178,8 +188,8 @@ class SampleConfig:
         if not 1 <= self.steps <= num_timesteps:
             raise UserError(f"--steps must be between 1 and {num_timesteps} (the model's T), "
                             f"got {self.steps}")
-        if self.eta < 0:
-            raise UserError(f"--eta must be 0 or more, got {self.eta}")
+        if not 0 <= self.eta <= 1:  # above 1, sigma^2 would exceed DDIM's 1 - alpha-bar_(t-1)
+            raise UserError(f"--eta must be between 0 and 1, got {self.eta}")
         if self.cfg_scale < 0:
             raise UserError(f"--cfg-scale must be 0 or more (1 = no guidance), got {self.cfg_scale}")
 

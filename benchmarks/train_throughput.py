@@ -130,6 +130,7 @@ def make_optimizer(model, cfg):
     import torch
 
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                             betas=(0.9, cfg.train.adam_beta2),
                              weight_decay=cfg.train.weight_decay, fused=True)
 
 
@@ -142,7 +143,8 @@ def training_step(model, ema, diffusion, optimizer, x0, y, cfg, step: int, bf16:
     import torch
 
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = diffusion.training_loss(train_model or model, x0, y, cfg.train.min_snr_gamma)
+        loss = diffusion.training_loss(model if train_model is None else train_model,
+                                       x0, y, cfg.train.min_snr_gamma, cfg.train.t_sampling)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.train.grad_clip > 0:

@@ -253,7 +253,7 @@ def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
     assert status == 1 and "--steps must be between 1 and 1000" in capsys.readouterr().err
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                  "--eta", "-1"])
-    assert status == 1 and "--eta must be 0 or more" in capsys.readouterr().err
+    assert status == 1 and "--eta must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_latent_shapes_trials_each_change_one_setting_of_the_preset():

@@ -218,7 +218,8 @@ def test_model_rebuilt_from_checkpoint_config(checkpoint):
     (["--steps", "-5"], "--steps must be between 1 and 1000"),
     (["--steps", "1001"], "--steps must be between 1 and 1000"),
     (["--cfg-scale", "-2"], "--cfg-scale must be 0 or more"),
-    (["--eta", "-0.5"], "--eta must be 0 or more"),
+    (["--eta", "-0.5"], "--eta must be between 0 and 1, got -0.5"),
+    (["--eta", "1.5"], "--eta must be between 0 and 1, got 1.5"),
 ])
 def test_bad_sampling_flags(checkpoint, capsys, flags, message):
     assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
