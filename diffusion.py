@@ -95,8 +95,7 @@ class GaussianDiffusion:
                 / self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t))
 
     def training_loss(
-        self, model: Callable, x0: torch.Tensor, y: torch.Tensor, min_snr_gamma: float = 0.0,
-        t_sampling: str = "uniform",
+        self, model: Callable, x0: torch.Tensor, y: torch.Tensor, min_snr_gamma: float = 0.0
     ) -> torch.Tensor:
         """DDPM Algorithm 1: t ~ Uniform, eps ~ N(0, I), loss = || eps - eps_theta(x_t, t) ||^2.
 
@@ -106,24 +105,12 @@ class GaussianDiffusion:
         by gamma / SNR_t, so their easy, useless precision no longer dominates the gradient.
         """
         B = x0.shape[0]
-        t = self.draw_timesteps(B, x0.device, t_sampling)  # line 3
+        t = torch.randint(0, self.num_timesteps, (B,), device=x0.device)  # line 3
         noise = torch.randn_like(x0)  # line 4
         x_t = self.q_sample(x0, t, noise)
         eps = model(x_t, t, y).float()  # float32 loss even when the model ran in bf16
         mse = (eps - noise).pow(2).mean(dim=(1, 2, 3))  # line 5, per image, (B,)
         return self._min_snr_weighted(mse, t, min_snr_gamma).mean()
-
-    def draw_timesteps(self, n: int, device, how: str = "uniform") -> torch.Tensor:
-        """n training timesteps: "uniform" over {0, ..., T-1} as DDPM's Algorithm 1, or
-        "logit-normal": t / T = sigmoid(u) with u ~ N(0, 1) (Esser et al. 2024, SD3), which
-        draws the middle of the range more often and the two ends, nearly clean digits and nearly
-        pure noise, less."""
-        if how == "uniform":
-            return torch.randint(0, self.num_timesteps, (n,), device=device)
-        if how == "logit-normal":
-            u = torch.sigmoid(torch.randn(n, device=device))
-            return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
-        raise ValueError(f"unknown timestep sampling {how!r}")
 
     def _min_snr_weighted(self, mse: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """Per-image losses (B,) times min(SNR_t, gamma) / SNR_t; unchanged for gamma = 0."""

@@ -83,7 +83,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
     """AdamW as in DiT. fused=True updates every tensor in one kernel instead of one per tensor,
     a cost that matters more the smaller the batch (benchmarks/README.md, "Sample quality")."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                             betas=(0.9, cfg.train.adam_beta2),
                              weight_decay=cfg.train.weight_decay, fused=True)
 
 
@@ -101,8 +100,7 @@ def train_step(model, diffusion: GaussianDiffusion, optimizer, x0, y, cfg: Confi
         group["lr"] = lr
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         # t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, loss = |eps - eps_theta|^2
-        loss = diffusion.training_loss(model, x0, y, cfg.train.min_snr_gamma,
-                                       cfg.train.t_sampling)
+        loss = diffusion.training_loss(model, x0, y, cfg.train.min_snr_gamma)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.train.grad_clip > 0:

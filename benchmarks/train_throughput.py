@@ -130,7 +130,6 @@ def make_optimizer(model, cfg):
     import torch
 
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                             betas=(0.9, cfg.train.adam_beta2),
                              weight_decay=cfg.train.weight_decay, fused=True)
 
 
@@ -144,7 +143,7 @@ def training_step(model, ema, diffusion, optimizer, x0, y, cfg, step: int, bf16:
 
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = diffusion.training_loss(model if train_model is None else train_model,
-                                       x0, y, cfg.train.min_snr_gamma, cfg.train.t_sampling)
+                                       x0, y, cfg.train.min_snr_gamma)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.train.grad_clip > 0:

@@ -101,7 +101,6 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "time_limit": "stop after this many minutes of training, counted over resumes (0 = no limit)",
     "batch_size": "images per optimiser step (per process)",
     "lr": "AdamW learning rate",
-    "adam_beta2": "AdamW's second-moment decay",
     "warmup_steps": "steps of linear learning-rate warm-up (0 = none)",
     "lr_decay": "after any warm-up, the rate falls along a half cosine towards 0 at the run's end "
                 "(a resumed run with a new length decays towards its new end)",
@@ -109,7 +108,6 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "ema_decay": "0 = no averaging: sample from the raw weights",
     "ema_warmup": "EMA decay min(decay, (1 + step) / (10 + step)); --no-ema-warmup uses the "
                   "fixed decay from step 0",
-    "t_sampling": "how training draws the timestep t: uniform or logit-normal",
     "seed": "seed of the weights, batches and noise",
     "log_every": "steps between rows of log.csv",
     "eval_every": "steps between held-out losses (and one at the end)",

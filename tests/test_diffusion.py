@@ -328,38 +328,3 @@ def test_min_snr_weight_is_one_where_noisy_and_gamma_over_snr_where_clean(diffus
     assert torch.equal(w[~clean], torch.ones_like(w[~clean]))
     assert torch.allclose(w[clean], 5.0 / diffusion.snr[clean])
     assert clean[:130].all() and not clean[130:].any()  # t < 130: the 13% down-weighted
-
-
-def test_logit_normal_timesteps_favour_the_middle_of_the_range(diffusion):
-    # t / T = sigmoid(u), u ~ N(0, 1): every draw a valid timestep, the median at T / 2, and the
-    # two ends drawn far less often than uniform draws would (10% of them in each tenth).
-    torch.manual_seed(0)
-    t = diffusion.draw_timesteps(100_000, "cpu", "logit-normal")
-    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
-    assert abs(t.float().median().item() - 500) < 10
-    first, last = (t < 100).float().mean().item(), (t >= 900).float().mean().item()
-    # P(sigmoid(u) < 0.1) = P(u < -2.197) = 0.014 for each end
-    assert first == pytest.approx(0.014, abs=0.003) and last == pytest.approx(0.014, abs=0.003)
-    middle = ((t >= 400) & (t < 600)).float().mean().item()  # P(|u| < 0.405) = 0.315
-    assert middle == pytest.approx(0.315, abs=0.01)
-    u = diffusion.draw_timesteps(100_000, "cpu", "uniform")
-    assert abs((u < 100).float().mean().item() - 0.1) < 0.005
-
-
-def test_training_loss_draws_its_timesteps_as_asked(diffusion):
-    # The loss of a model that predicts zero is the mean of each image's noise power; recomputed
-    # with the logit-normal timesteps drawn in the same order, min-SNR weights included.
-    class Zero:
-        def __call__(self, x, t, y):
-            return torch.zeros_like(x)
-
-    x0 = torch.rand(64, 1, 4, 4) * 2 - 1
-    y = torch.zeros(64, dtype=torch.long)
-    torch.manual_seed(3)
-    loss = diffusion.training_loss(Zero(), x0, y, 5.0, "logit-normal")
-    torch.manual_seed(3)
-    t = (torch.sigmoid(torch.randn(64)) * 1000).long().clamp(max=999)
-    noise = torch.randn_like(x0)
-    snr = diffusion.snr[t]
-    want = noise.pow(2).mean(dim=(1, 2, 3)) * snr.clamp(max=5.0) / snr
-    assert loss.item() == pytest.approx(want.mean().item(), rel=1e-5)

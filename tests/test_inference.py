@@ -82,7 +82,7 @@ def test_eta_is_printed_for_ddim_only(checkpoint, tmp_path, capsys):
     argv = ["--checkpoint", str(checkpoint), "--steps", "2", "--per-row", "1",
             "--output", str(tmp_path / "g.png")]
     assert inference.main(argv) == 0
-    assert "ddim with 2 steps, eta 1.0" in capsys.readouterr().out
+    assert "ddim with 2 steps, eta 0.7" in capsys.readouterr().out  # the checkpoint's eta
     for sampler in ["plms", "dpm-solver++"]:
         assert inference.main(argv + ["--sampler", sampler]) == 0
         out = capsys.readouterr().out
