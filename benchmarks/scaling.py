@@ -10,8 +10,9 @@ on more steps of a smaller one. This script asks the same of MNIST on a CPU. Eac
 from scratch for each compute budget (total training GFLOPs = GFLOPs per image, forward and
 backward, from the shapes as `train_throughput.model_flops_per_image` counts them, times the
 images seen), with the default recipe and its full cosine decay over that length; then its EMA
-draws 1,000 digits (100 of each, the default sampler: DDIM, 50 steps, eta 1, guidance 1.6, seed
-0) and `common.MnistJudge` gives MNIST-FD and class accuracy. Each run is `python train.py` with
+draws 1,000 digits (100 of each, with the sampler settings its checkpoint carries, seed 0; the
+rows of benchmarks/scaling.csv were drawn with DDIM, 50 steps, eta 1, guidance 1.6, the default of
+then: rerun them all before comparing new rows with them) and `common.MnistJudge` gives MNIST-FD and class accuracy. Each run is `python train.py` with
 the shape's flags, in a process of its own.
 
 The compute is counted, not timed: wall time on a shared CPU says little, and the question is
