@@ -271,8 +271,8 @@ def _preset_latent() -> Config:
     # Fewer epochs than the pixel default, so that the autoencoder's training and the encoding
     # fit inside the pixel default's wall time. Less guidance: the latent model follows its
     # label more readily, and more guidance than it needs makes the digits alike ("Latent DiT").
-    # The learning rate and eta it was measured with (the pixel default's before issue 28; the
-    # latent model with the new ones is not measured yet, "Variety and the default").
+    # It keeps the learning rate and eta it was measured with, the pixel default's before issue
+    # 28: the latent model with the new ones is not measured yet ("Variety and the default").
     return Config(
         model=ModelConfig(image_size=8, in_channels=4, patch_size=2),
         autoencoder=AutoencoderConfig(),

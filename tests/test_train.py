@@ -66,11 +66,16 @@ def test_resume_refuses_changed_model_flag(tiny_data, tmp_path, capsys):
     assert "--hidden-size 64 differs" in capsys.readouterr().err
 
 
-def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("again, message", [
+    (["--max-steps", "2"], "already exists: pass --resume"),  # a second run into the same folder
+    (["--resume", "--overwrite"], "pass one of them"),
+])
+def test_a_refused_second_run_leaves_the_checkpoint_alone(tiny_data, tmp_path, capsys, again,
+                                                          message):
     assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
     before = (tmp_path / "model.pth").read_bytes()
-    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 1
-    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert run_train(tiny_data, tmp_path, *again) == 1
+    assert message in capsys.readouterr().err
     assert (tmp_path / "model.pth").read_bytes() == before
 
 
@@ -234,14 +239,6 @@ def test_preset_with_resume_picks_the_folder_and_must_match_the_run(tiny_data, t
     err = capsys.readouterr().err
     assert "--preset cpu: the run being resumed was trained with preset tiny" in err
     assert train.main(argv[2:]) == 0  # without --preset: the run's own
-
-
-def test_resume_and_overwrite_together_are_refused(tiny_data, tmp_path, capsys):
-    assert run_train(tiny_data, tmp_path, "--max-steps", "2") == 0
-    before = (tmp_path / "model.pth").read_bytes()
-    assert run_train(tiny_data, tmp_path, "--resume", "--overwrite") == 1
-    assert "pass one of them" in capsys.readouterr().err
-    assert (tmp_path / "model.pth").read_bytes() == before
 
 
 def test_resume_without_checkpoint(tiny_data, tmp_path, capsys):
