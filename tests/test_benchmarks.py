@@ -228,7 +228,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
     assert status == 0
     rows = out.read_text().splitlines()
     assert rows[0] == ("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta,"
-                       "precision,recall")
+                       "precision,recall,cfg_scale,guidance_t_min,guidance_t_max")
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -240,8 +240,55 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
+        assert r.split(",")[10:] == ["1.6", "0", "999"]  # the tiny preset's guidance, at every t
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
+
+
+def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
+    import torch
+
+    from config import ModelConfig
+    from dit import DiT
+    from sampler_study import GuidedInInterval
+
+    torch.manual_seed(0)
+    model = DiT(ModelConfig(patch_size=7, hidden_size=32, depth=2, num_heads=2)).eval()
+    for p in model.parameters():  # adaLN-Zero starts at zero: make the label matter
+        torch.nn.init.normal_(p, std=0.1)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 5, 7])
+    wrapped = GuidedInInterval(model, 200, 700)
+    with torch.no_grad():
+        for t, inside in [(199, False), (200, True), (450, True), (700, True), (701, False)]:
+            tt = torch.full((3,), t)
+            got = wrapped.forward_with_cfg(x, tt, y, 3.0)
+            guided, plain = model.forward_with_cfg(x, tt, y, 3.0), model(x, tt, y)
+            assert not torch.allclose(guided, plain)  # else the test could not tell them apart
+            assert torch.equal(got, guided if inside else plain), t
+
+
+def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_path):
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    out = tmp_path / "sweep.csv"
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--num", "130", "--steps", "2", "--samplers", "ddim", "--out",
+                                 str(out), "--cfg-scale", "2.5", "--guidance-interval", "300", "800"])
+    assert status == 0
+    assert out.read_text().splitlines()[1].split(",")[10:] == ["2.5", "300", "800"]
+
+
+@pytest.mark.parametrize("interval", [["800", "300"], ["-1", "500"], ["0", "1000"]])
+def test_sampler_study_rejects_an_interval_outside_the_timesteps(tiny_checkpoint, interval, capsys):
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--guidance-interval", *interval])
+    assert status == 1
+    assert "--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= 999" in (
+        capsys.readouterr().err)
 
 
 def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
