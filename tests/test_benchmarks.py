@@ -267,16 +267,27 @@ def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
             assert torch.equal(got, guided if inside else plain), t
 
 
-def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_path):
+def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_path, monkeypatch):
     import sampler_study
+    from dit import DiT
 
+    calls = []  # (t, scale) of every guided noise prediction the study asks the network for
+    original = DiT.forward_with_cfg
+
+    def recorded(self, x, t, y, cfg_scale):
+        calls.append((int(t[0]), cfg_scale))
+        return original(self, x, t, y, cfg_scale)
+
+    monkeypatch.setattr(DiT, "forward_with_cfg", recorded)
     checkpoint, data = tiny_checkpoint
     out = tmp_path / "sweep.csv"
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
-                                 "--num", "130", "--steps", "2", "--samplers", "ddim", "--out",
+                                 "--num", "130", "--steps", "4", "--samplers", "ddim", "--out",
                                  str(out), "--cfg-scale", "2.5", "--guidance-interval", "300", "800"])
     assert status == 0
     assert out.read_text().splitlines()[1].split(",")[10:] == ["2.5", "300", "800"]
+    # DDIM-4 visits t = 999, 666, 333, 0: guided at the two inside the interval only
+    assert sorted(set(calls)) == [(0, 1.0), (333, 2.5), (666, 2.5), (999, 1.0)]
 
 
 @pytest.mark.parametrize("interval", [["800", "300"], ["-1", "500"], ["0", "1000"]])
