@@ -118,8 +118,8 @@ def sweep(args: argparse.Namespace) -> Path:
                         "pass a larger --num")
     interval = args.guidance_interval or [0, T - 1]
     if not 0 <= interval[0] <= interval[1] <= T - 1:
-        raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= {T - 1}, "
-                        f"got {interval[0]} {interval[1]}")
+        raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= "
+                        f"{T - 1}, got {interval[0]} {interval[1]}")
     sampled = model if args.guidance_interval is None else GuidedInInterval(model, *interval)
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
             for steps in ([T] if sampler == "ddpm" else args.steps)]
@@ -132,7 +132,8 @@ def sweep(args: argparse.Namespace) -> Path:
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
-          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}], seed {args.seed}, bf16 {'on' if bf16 else 'off'}")
+          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}], seed {args.seed}, "
+          f"bf16 {'on' if bf16 else 'off'}")
 
     rows = []
     for sampler, steps in runs:

@@ -12,8 +12,9 @@ from the shapes as `train_throughput.model_flops_per_image` counts them, times t
 with the default recipe and its full cosine decay over that length; then its EMA draws 1,000 digits
 (100 of each, with the sampler settings its checkpoint carries, seed 0; the rows of
 benchmarks/scaling.csv were trained at lr 4e-3 and drawn with DDIM, 50 steps, eta 1, guidance 1.6,
-the defaults of then: rerun them all before comparing new rows with them) and `common.MnistJudge` gives MNIST-FD and class
-accuracy. Each run is `python train.py` with the shape's flags, in a process of its own.
+the defaults of then: rerun them all before comparing new rows with them) and `common.MnistJudge`
+gives MNIST-FD and class accuracy. Each run is `python train.py` with the shape's flags, in a
+process of its own.
 
 The compute is counted, not timed: wall time on a shared CPU says little, and the question is
 about FLOPs. Rows go to --out (a CSV) as each run finishes; a run already in the CSV is skipped, so an

@@ -283,7 +283,8 @@ def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_p
     out = tmp_path / "sweep.csv"
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                  "--num", "130", "--steps", "4", "--samplers", "ddim", "--out",
-                                 str(out), "--cfg-scale", "2.5", "--guidance-interval", "300", "800"])
+                                 str(out), "--cfg-scale", "2.5",
+                                 "--guidance-interval", "300", "800"])
     assert status == 0
     assert out.read_text().splitlines()[1].split(",")[10:] == ["2.5", "300", "800"]
     # DDIM-4 visits t = 999, 666, 333, 0: guided at the two inside the interval only
