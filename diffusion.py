@@ -223,7 +223,10 @@ class GaussianDiffusion:
     def ddim_sigma(self, t: int, t_prev: int, eta: float) -> float:
         """DDIM Eq. 16: sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev), with
         a = alpha-bar and a_prev = 1 past the last step. eta = 1 between adjacent steps gives
-        sigma^2 = beta-tilde_t, the DDPM posterior variance; eta = 0 gives deterministic DDIM."""
+        sigma^2 = beta-tilde_t, the DDPM posterior variance; eta = 0 gives deterministic DDIM.
+        Above 1, sigma^2 would exceed 1 - a_prev, the whole variance that x_(t_prev) may hold."""
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be between 0 and 1, got {eta}")
         a_t = self.alphas_cumprod[t].item()
         a_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
         return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5

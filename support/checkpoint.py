@@ -82,6 +82,7 @@ def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
 # ------------------------------------------------------------------------------ reading checkpoints
 
 SHIPPED = "pretrained/model.pth"  # the default run's EMA weights, in the repository
+SHIPPED_LATENT = "pretrained/latent/model.pth"  # the latent preset's
 RUNS = Path("runs")  # the scripts' outputs go under here unless the user names another place
 
 
@@ -98,8 +99,12 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
     code is refused), turning every failure into a one-line UserError that says what to do."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: train one with python train.py, or sample the "
-                        f"shipped weights with --checkpoint {SHIPPED}")
+        # runs/latent is where `python train.py --preset latent` writes: name that command and
+        # the latent shipped weights for it, the default's for every other path
+        train, shipped = (("python train.py --preset latent", SHIPPED_LATENT)
+                          if path.parent == RUNS / "latent" else ("python train.py", SHIPPED))
+        raise UserError(f"no checkpoint at {path}: train one with {train}, or sample the shipped "
+                        f"weights with --checkpoint {shipped}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

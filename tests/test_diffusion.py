@@ -102,6 +102,14 @@ def test_ddim_eta1_all_steps_uses_ddpm_posterior_variance(diffusion):
     assert diffusion.ddim_sigma(0, -1, eta=1.0) == 0.0
 
 
+@pytest.mark.parametrize("eta", [-0.1, 1.5])
+def test_ddim_refuses_eta_outside_0_1(diffusion, eta):
+    # above 1 the noise would need more variance than x_(t-1) has: refused, not silently clamped
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="eta must be between 0 and 1"):
+        diffusion.ddim_step(x, 500, 480, x, eta)
+
+
 def test_ddim_eta1_all_steps_follows_ddpm_trajectory(diffusion):
     # With the same noise, DDIM over all T steps with eta = 1 and DDPM ancestral sampling are the
     # same Markov chain: same posterior mean and variance at every step, so the same trajectory.

@@ -240,6 +240,15 @@ def test_missing_checkpoint_names_the_shipped_weights(tmp_path, capsys):
     assert "--checkpoint pretrained/model.pth" in err
 
 
+def test_missing_latent_run_names_the_latent_preset(capsys):
+    # runs/latent is where the latent preset writes: the message names the command that fills it
+    # and the latent shipped weights, not the pixel default's
+    assert inference.main(["--checkpoint", "runs/latent/none.pth"]) == 1
+    err = capsys.readouterr().err
+    assert "python train.py --preset latent" in err
+    assert "--checkpoint pretrained/latent/model.pth" in err
+
+
 def test_truncated_checkpoint(checkpoint, tmp_path, capsys):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
