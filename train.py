@@ -10,13 +10,13 @@
 
 Writes into --out-dir (default runs/default, runs/latent for the latent preset): model.pth
 (weights, EMA, optimiser, step, RNG states and the config; see support/checkpoint.py), samples/
-(EMA sample grids, one row per digit), log.csv (the loss, the held-out loss by noise level, the
-adaLN-Zero gates), loss.png and gates.png; with --preset latent also autoencoder.pth, the first
-stage (autoencoder.py), trained here before the DiT or reused, whose latents of the digits,
-encoded once, are the DiT's data. The file reads as DiT's train.py does: the pieces of a step
-(learning rate, EMA, `train_step`) and the log, then `train`: set up, the loop, checkpoints,
-and the command line at the end. What only makes it robust (checkpoints, torchrun, signals, the
-pictures) comes from support/, one floor down.
+(EMA sample grids, one row per digit), log.csv (the loss averaged since the row before, the
+held-out loss by noise level, the adaLN-Zero gates), loss.png and gates.png; with --preset latent
+also autoencoder.pth, the first stage (autoencoder.py), trained here before the DiT or reused,
+whose latents of the digits, encoded once, are the DiT's data. The file reads as DiT's train.py
+does: the pieces of a step (learning rate, EMA, `train_step`) and the log, then `train`: set up,
+the loop, checkpoints, and the command line at the end. What only makes it robust (checkpoints,
+torchrun, signals, the pictures) comes from support/, one floor down.
 
 References: DDPM (Ho et al. 2020) Algorithm 1; DiT (Peebles & Xie 2023) section 4 for AdamW,
 EMA and label dropout; classifier-free guidance (Ho & Salimans 2022); min-SNR weighting
@@ -238,7 +238,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     # It ends at total_steps, at the time limit, or on a stop request (a signal here or in any
     # other process); a non-finite loss ends the run with an error and no new checkpoint.
     start_step, started, stop, time_is_up = step, time.time(), False, False
-    last_log, seen_since_log = started, 0
+    # The logged loss is the mean over the steps since the last row: one batch's loss swings
+    # by a factor of two with its draw of t, and only the mean draws a readable curve.
+    last_log, seen_since_log, loss_since_log, steps_since_log = started, 0, 0.0, 0
     batch_stream = batches.stream(step)  # resumes mid-epoch: skips the batches already seen
     bar = tqdm(total=total_steps, initial=step, disable=not procs.is_main, unit="step",
                dynamic_ncols=True)
@@ -263,17 +265,19 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 step += 1
                 bar.update(1)
                 seen_since_log += x0.shape[0] * procs.world_size
+                loss_since_log, steps_since_log = loss_since_log + loss, steps_since_log + 1
 
                 evaluate = step % cfg.train.eval_every == 0 or step == total_steps
                 if step % cfg.train.log_every == 0 or evaluate:
                     now = time.time()
                     ips = seen_since_log / max(now - last_log, 1e-9)
-                    log_rows.append({"step": step, "epoch": epoch, "loss": loss,
+                    mean_loss = loss_since_log / steps_since_log
+                    log_rows.append({"step": step, "epoch": epoch, "loss": mean_loss,
                                      "lr": lr_at(step - 1, cfg, total_steps),
                                      "images_per_sec": ips, "elapsed_sec": seconds,
                                      **looking_inside(model, diffusion, heldout, cfg, evaluate)})
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
-                    last_log, seen_since_log = now, 0
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+                    last_log, seen_since_log, loss_since_log, steps_since_log = now, 0, 0.0, 0
                 if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop:
                     # Tensors and plain types only, so that torch.load(weights_only=True) reads it.
                     state = {"model": model.state_dict(), "ema": ema.state_dict(),

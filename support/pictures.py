@@ -261,9 +261,10 @@ def bucket_columns(row: dict) -> list[tuple[str, int]]:
 
 
 def save_loss_plot(rows: list[dict], path: str | Path, num_timesteps: int = 1000) -> None:
-    """Left: the training loss and the held-out loss (the same objective, on test digits the
-    model never trains on) against the step. Right: the held-out noise MSE of each tenth of the
-    range of t against the step, where the model finds the noise hard and where easy."""
+    """Left: the training loss (train.py logs the mean over the steps since the row before) and
+    the held-out loss (the same objective, on test digits the model never trains on) against the
+    step. Right: the held-out noise MSE of each tenth of the range of t against the step, where
+    the model finds the noise hard and where easy."""
     plt = pyplot()
     held = [r for r in rows if "heldout_loss" in r]
     fig, axes = plt.subplots(1, 2 if held else 1, figsize=(11 if held else 6, 3.8), squeeze=False)

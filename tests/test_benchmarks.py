@@ -61,15 +61,16 @@ def test_rows_count_more_flops_for_smaller_patches_and_name_themselves():
 def test_profile_lists_the_step_s_operators_by_self_time():
     """--profile K: K operators of the real training step, the costliest first, whose shares of
     the step's self time are fractions that add up to at most 1 (self time counts nothing twice)."""
-    ops = tt.run_row("tiny", "off", False, False, [], "cpu", seconds=0.0, profile_top=5)["profile"]
-    assert len(ops) == 5
+    ops = tt.run_row("tiny", "off", False, False, [], "cpu", seconds=0.0, profile_top=20)["profile"]
+    assert len(ops) == 20
     names = [name for name, _, _ in ops]
     ms = [t for _, t, _ in ops]
     shares = [share for _, _, share in ops]
     assert ms == sorted(ms, reverse=True) and ms[-1] > 0
     assert all(0 < share <= 1 for share in shares) and sum(shares) <= 1 + 1e-9
-    # distinct operators, and the step's matrix products (aten::addmm, aten::mm) among the costliest
-    assert len(set(names)) == 5 and any("mm" in name for name in names), names
+    # distinct operators, and the step's matrix products (aten::addmm, aten::mm) among them: the
+    # tiny model's operators cost about alike, so on a busy machine the top 5 need not hold one
+    assert len(set(names)) == 20 and any("mm" in name for name in names), names
 
 
 @pytest.mark.parametrize("preset, overrides", [("tiny", []), ("tiny", ["model.patch_size=2"]),

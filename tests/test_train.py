@@ -1,6 +1,7 @@
 """Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
 
 import contextlib
+import csv
 import io
 import math
 import os
@@ -373,6 +374,25 @@ def test_training_loop_averages_with_the_decay_of_each_step(tiny_data, tmp_path,
     monkeypatch.setattr(train, "update_ema", spy)
     assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--sample-every", "1000000") == 0
     assert seen == pytest.approx([1 / 10, 2 / 11, 3 / 12])
+
+
+def test_logged_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_data, tmp_path, monkeypatch):
+    """log.csv's loss at each row is the mean of the training losses of the steps since the row
+    before (7 steps logged every 3: rows at 3, 6 and the last step, 7), not the last batch's."""
+    real_step, losses = train.train_step, []
+
+    def spy(*args, **kwargs):
+        losses.append(real_step(*args, **kwargs))
+        return losses[-1]
+
+    monkeypatch.setattr(train, "train_step", spy)
+    assert run_train(tiny_data, tmp_path, "--max-steps", "7", "--log-every", "3",
+                     "--sample-every", "1000000") == 0
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [3, 6, 7]
+    means = [sum(losses[0:3]) / 3, sum(losses[3:6]) / 3, losses[6]]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(means, rel=1e-9)
+    assert float(rows[0]["loss"]) != pytest.approx(losses[2], rel=1e-9)  # not the last batch's
 
 
 def test_learning_rate_cosine_values():
