@@ -180,7 +180,7 @@ class SampleConfig:
         if not 1 <= self.steps <= num_timesteps:
             raise UserError(f"--steps must be between 1 and {num_timesteps} (the model's T), "
                             f"got {self.steps}")
-        if not 0 <= self.eta <= 1:  # above 1, sigma^2 would exceed DDIM's 1 - alpha-bar_(t-1)
+        if not 0 <= self.eta <= 1:  # above 1, sigma^2 can exceed DDIM's 1 - alpha-bar_(t-1)
             raise UserError(f"--eta must be between 0 and 1, got {self.eta}")
         if self.cfg_scale < 0:
             raise UserError(f"--cfg-scale must be 0 or more (1 = no guidance), got {self.cfg_scale}")

@@ -224,7 +224,7 @@ class GaussianDiffusion:
         """DDIM Eq. 16: sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev), with
         a = alpha-bar and a_prev = 1 past the last step. eta = 1 between adjacent steps gives
         sigma^2 = beta-tilde_t, the DDPM posterior variance; eta = 0 gives deterministic DDIM.
-        Above 1, sigma^2 would exceed 1 - a_prev, the whole variance that x_(t_prev) may hold."""
+        Above 1, sigma^2 can exceed 1 - a_prev, the whole variance that x_(t_prev) may hold."""
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be between 0 and 1, got {eta}")
         a_t = self.alphas_cumprod[t].item()
@@ -250,6 +250,7 @@ class GaussianDiffusion:
             x0 = x0.clamp(-1, 1)
             eps = (x_t - sqrt_a_t * x0) / sqrt_1m_a_t  # the noise consistent with clipped x_0
         sigma = self.ddim_sigma(t, t_prev, eta)
+        # max(..., 0) only for rounding: with eta <= 1 the difference is never below 0
         x_prev = sqrt_a_prev * x0 + max(sqrt_1m_a_prev**2 - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             x_prev = x_prev + sigma * self._noise(x_t.shape, generator, x_t.device)

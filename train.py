@@ -45,8 +45,8 @@ from support.checkpoint import (load_weights, read_checkpoint, read_log, save_ch
                                 set_rng_state, write_log)
 from support.cli import (AMP_CHOICES, UserError, add_override_flags, config_from_args, exit_status,
                          out_of_memory_as_error, use_bf16)
-from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather_rng,
-                                 processes)
+from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather,
+                                 gather_rng, processes, summed)
 from support.pictures import save_gates_plot, save_grid, save_loss_plot
 from support.sampling import sample_grid
 from support.schedule import half_cosine
@@ -208,12 +208,16 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     optimizer = make_optimizer(model, cfg)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     step, seconds_before, log_rows = 0, 0.0, []  # steps taken and training time, over resumes
+    log_window = [0.0, 0]  # this rank's sum of losses and count of steps since the last log row
     if checkpoint is not None:
         for module, key in [(model, "model"), (ema, "ema"), (optimizer, "optimizer")]:
             load_weights(module, checkpoint[key], ckpt_path)
         step, seconds_before = checkpoint["step"], checkpoint.get("train_seconds", 0.0)
         set_rng_state(checkpoint["rng"][procs.rank], device)  # this rank's stream, where it was
         log_rows = read_log(out_dir / "log.csv", step)
+        # a run stopped between two rows resumes its window: the next row averages the same
+        # steps as a run never stopped (checkpoints of older versions start a new window)
+        log_window = checkpoint.get("log_window", [log_window] * procs.world_size)[procs.rank]
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
     sample_every = cfg.train.sample_every or steps_per_epoch
@@ -238,9 +242,11 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     # It ends at total_steps, at the time limit, or on a stop request (a signal here or in any
     # other process); a non-finite loss ends the run with an error and no new checkpoint.
     start_step, started, stop, time_is_up = step, time.time(), False, False
-    # The logged loss is the mean over the steps since the last row: one batch's loss swings
-    # by a factor of two with its draw of t, and only the mean draws a readable curve.
-    last_log, seen_since_log, loss_since_log, steps_since_log = started, 0, 0.0, 0
+    # The logged loss is the mean over the steps since the last row (and over every rank's
+    # batches): one batch's loss swings by a factor of two with its draw of t, and only the mean
+    # draws a readable curve.
+    last_log, seen_since_log = started, 0
+    loss_since_log, steps_since_log = log_window
     batch_stream = batches.stream(step)  # resumes mid-epoch: skips the batches already seen
     bar = tqdm(total=total_steps, initial=step, disable=not procs.is_main, unit="step",
                dynamic_ncols=True)
@@ -271,7 +277,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 if step % cfg.train.log_every == 0 or evaluate:
                     now = time.time()
                     ips = seen_since_log / max(now - last_log, 1e-9)
-                    mean_loss = loss_since_log / steps_since_log
+                    total, count = summed(procs, loss_since_log, steps_since_log)  # collective
+                    mean_loss = total / count
                     log_rows.append({"step": step, "epoch": epoch, "loss": mean_loss,
                                      "lr": lr_at(step - 1, cfg, total_steps),
                                      "images_per_sec": ips, "elapsed_sec": seconds,
@@ -284,6 +291,7 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                              "optimizer": optimizer.state_dict(), "step": step,
                              "epoch": step // steps_per_epoch, "train_seconds": seconds,
                              "rng": gather_rng(procs),  # called on every rank: a collective
+                             "log_window": gather(procs, [loss_since_log, steps_since_log]),
                              "world_size": procs.world_size, "bf16": bf16,
                              "config": cfg.to_dict()}
                     if autoencoder is not None:  # what decoding the samples needs

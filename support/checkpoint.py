@@ -6,7 +6,8 @@ it back; all of them go through this module, so that no script imports another (
 Python types:
 
     {"model", "ema": state dicts, "optimizer": its state dict, "config": Config.to_dict(),
-     "step", "epoch", "train_seconds", "rng": one RNG state per process, "world_size", "bf16"}
+     "step", "epoch", "train_seconds", "rng": one RNG state per process, "log_window": per
+     process the [sum of losses, steps] since the last log row, "world_size", "bf16"}
 
 A latent model (the `latent` preset) also carries "autoencoder", the state dict of its first stage
 with the scale factor, so that its samples can be decoded to pixels (autoencoder.py reads it).
@@ -102,7 +103,8 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
         # runs/latent is where `python train.py --preset latent` writes: name that command and
         # the latent shipped weights for it, the default's for every other path
         train, shipped = (("python train.py --preset latent", SHIPPED_LATENT)
-                          if path.parent == RUNS / "latent" else ("python train.py", SHIPPED))
+                          if path.resolve().parent == (RUNS / "latent").resolve()
+                          else ("python train.py", SHIPPED))
         raise UserError(f"no checkpoint at {path}: train one with {train}, or sample the shipped "
                         f"weights with --checkpoint {shipped}")
     try:

@@ -8,6 +8,7 @@ reads as the training algorithm:
   * every rank stops after the same step (`agree`), or the next gradient all-reduce waits forever;
   * a checkpoint holds every rank's RNG state (`gather_rng`), so a resumed run continues each
     rank's stream of noise and timesteps;
+  * the logged loss is the mean over every rank's batches (`summed`);
   * the ranks' weights are identical at the end (`check_ranks_in_sync`);
   * Ctrl-C (SIGINT) and SIGTERM ask for a clean stop instead of killing mid-step (`StopRequests`);
   * the ranks leave the process group together, once every one of them is done (`processes`).
@@ -107,14 +108,29 @@ def agree(procs: Processes, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
     return bool(flags[0]), bool(flags[1])
 
 
+def gather(procs: Processes, value):
+    """Every rank's `value` (plain Python types), rank by rank (to be called on every rank: it
+    is a collective)."""
+    if procs.world_size == 1:
+        return [value]
+    values = [None] * procs.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_rng(procs: Processes) -> list[dict]:
     """Every rank's RNG state, rank by rank (to be called on every rank: it is a collective)."""
-    state = rng_state(procs.device)
+    return gather(procs, rng_state(procs.device))
+
+
+def summed(procs: Processes, *numbers: float) -> list[float]:
+    """Each of `numbers` summed over the ranks (to be called on every rank: a collective), e.g.
+    every rank's sum of losses and count of steps, for the mean over all of their batches."""
     if procs.world_size == 1:
-        return [state]
-    states = [None] * procs.world_size
-    dist.all_gather_object(states, state)
-    return states
+        return list(numbers)
+    total = torch.tensor(numbers, dtype=torch.float64, device=procs.device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.tolist()
 
 
 def check_ranks_in_sync(model: torch.nn.Module, procs: Processes) -> None:

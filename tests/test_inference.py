@@ -1,5 +1,7 @@
 """Tests of inference.py: pictures, files for scoring, reproducibility and bad input."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -240,10 +242,12 @@ def test_missing_checkpoint_names_the_shipped_weights(tmp_path, capsys):
     assert "--checkpoint pretrained/model.pth" in err
 
 
-def test_missing_latent_run_names_the_latent_preset(capsys):
+@pytest.mark.parametrize("where", ["runs/latent/none.pth", "absolute"])
+def test_missing_latent_run_names_the_latent_preset(capsys, where):
     # runs/latent is where the latent preset writes: the message names the command that fills it
-    # and the latent shipped weights, not the pixel default's
-    assert inference.main(["--checkpoint", "runs/latent/none.pth"]) == 1
+    # and the latent shipped weights, not the pixel default's, however the path is spelt
+    path = Path("runs/latent/none.pth").resolve() if where == "absolute" else where
+    assert inference.main(["--checkpoint", str(path)]) == 1
     err = capsys.readouterr().err
     assert "python train.py --preset latent" in err
     assert "--checkpoint pretrained/latent/model.pth" in err

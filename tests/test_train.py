@@ -386,13 +386,41 @@ def test_logged_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_data, tmp_
         return losses[-1]
 
     monkeypatch.setattr(train, "train_step", spy)
-    assert run_train(tiny_data, tmp_path, "--max-steps", "7", "--log-every", "3",
+    assert run_train(tiny_data, tmp_path, "--max-steps", "8", "--log-every", "3",
                      "--sample-every", "1000000") == 0
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
-    assert [int(r["step"]) for r in rows] == [3, 6, 7]
-    means = [sum(losses[0:3]) / 3, sum(losses[3:6]) / 3, losses[6]]
+    assert [int(r["step"]) for r in rows] == [3, 6, 8]
+    means = [sum(losses[0:3]) / 3, sum(losses[3:6]) / 3, sum(losses[6:8]) / 2]
     assert [float(r["loss"]) for r in rows] == pytest.approx(means, rel=1e-9)
     assert float(rows[0]["loss"]) != pytest.approx(losses[2], rel=1e-9)  # not the last batch's
+
+
+def test_a_run_stopped_between_log_rows_resumes_the_same_log(tiny_data, tmp_path, monkeypatch):
+    """Ctrl-C after step 5 of a run logged every 4 steps saves the steps since row 4 with the
+    checkpoint; after --resume, row 8 averages steps 5-8 as the straight run's does."""
+    straight = tmp_path / "straight"
+    assert run_train(tiny_data, straight, "--max-steps", "9", "--log-every", "4",
+                     "--sample-every", "1000000") == 0
+    real_step, calls = train.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler of train.py only notes it
+        return loss
+
+    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    cut = tmp_path / "cut"
+    assert run_train(tiny_data, cut, "--max-steps", "9", "--log-every", "4",
+                     "--sample-every", "1000000") == 130
+    assert torch.load(cut / "model.pth", weights_only=True)["step"] == 5
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert run_train(tiny_data, cut, "--max-steps", "9", "--log-every", "4", "--resume",
+                     "--sample-every", "1000000") == 0
+    a, b = (list(csv.DictReader((d / "log.csv").open())) for d in (straight, cut))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == ["4", "8", "9"]
+    assert [float(r["loss"]) for r in a] == [float(r["loss"]) for r in b]
 
 
 def test_learning_rate_cosine_values():
