@@ -33,6 +33,21 @@ def run_train(tiny_data, out_dir, *extra):
     return train.main(args)
 
 
+def ctrl_c_after(steps: int):
+    """train.train_step that presses Ctrl-C in this process right after its `steps`-th step
+    (the handler of train.py only notes it, so the run saves and returns 130)."""
+    real_step, calls = train.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    return step_then_ctrl_c
+
+
 def test_train_writes_checkpoint_pictures_and_log(tiny_data, tmp_path):
     assert run_train(tiny_data, tmp_path, "--max-steps", "6") == 0
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
@@ -401,16 +416,8 @@ def test_a_run_stopped_between_log_rows_resumes_the_same_log(tiny_data, tmp_path
     straight = tmp_path / "straight"
     assert run_train(tiny_data, straight, "--max-steps", "9", "--log-every", "4",
                      "--sample-every", "1000000") == 0
-    real_step, calls = train.train_step, []
-
-    def step_then_ctrl_c(*args, **kwargs):
-        loss = real_step(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler of train.py only notes it
-        return loss
-
-    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    real_step = train.train_step
+    monkeypatch.setattr(train, "train_step", ctrl_c_after(5))
     cut = tmp_path / "cut"
     assert run_train(tiny_data, cut, "--max-steps", "9", "--log-every", "4",
                      "--sample-every", "1000000") == 130
@@ -488,16 +495,8 @@ def test_resume_after_sigint_is_exact_with_cosine_decay(tiny_data, tmp_path, mon
     """Ctrl-C in the middle of a run (in this process, right after step 21, an epoch has 4) makes
     train.main finish the step, save and return 130; --resume then ends bit-identical to the
     straight run, with the learning rate still on the same cosine."""
-    real_step, calls = train.train_step, []
-
-    def step_then_ctrl_c(*args, **kwargs):
-        loss = real_step(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 21:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler of train.py only notes it
-        return loss
-
-    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    real_step = train.train_step
+    monkeypatch.setattr(train, "train_step", ctrl_c_after(21))
     assert run_train(tiny_data, tmp_path, "--max-steps", str(RESUME_STEPS),
                      "--sample-every", "1000000") == 130
     cut = torch.load(tmp_path / "model.pth", weights_only=True)["step"]
