@@ -9,9 +9,11 @@ DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ ru
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
 the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
 `--eta`, 0 unless given, so that it is deterministic like PLMS and DPM-Solver++; with
-`--guidance-interval`, guided only for t inside it), times the
-sampling, and scores the images in memory with common.MnistJudge (MNIST-FD against the MNIST
-test set, and class accuracy). Writes a CSV (one row per sampler and step
+`--guidance-interval`, guided only for t inside it), times the sampling, and scores the images
+in memory with common.MnistJudge (MNIST-FD against the MNIST test set, and class accuracy). With
+several `--seed`s each row draws its digits once per seed and reports the mean, since 1,000 digits
+score a few MNIST-FD apart from one draw of the noise to the next (benchmarks/README.md, "Variety
+and the default"). Writes a CSV (one row per sampler and step
 count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
 a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
 checkpoint).
@@ -35,7 +37,9 @@ from common import MnistJudge, load_model  # beside this file in benchmarks/
 SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
 COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta",
-           "precision", "recall", "cfg_scale", "guidance_t_min", "guidance_t_max"]
+           "precision", "recall", "cfg_scale", "guidance_t_min", "guidance_t_max", "seeds",
+           "mnist_fd_per_seed"]
+SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
                         "(default: auto)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the sampling noise, the same for every row (default: 0)")
+    p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the sampling noise, the same for every row; with several, each "
+                        "row is the mean of one draw per seed: the draw alone moves the MNIST-FD "
+                        "of 1,000 digits by about 3 (default: 0)")
     p.add_argument("--out", default=None, help="CSV path, the plot beside it as .png "
                    "(default: sweep.csv beside a checkpoint in runs/, else runs/sweep/sweep.csv)")
     p.add_argument("--batch-size", type=int, default=100,
@@ -132,34 +138,48 @@ def sweep(args: argparse.Namespace) -> Path:
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
-          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}], seed {args.seed}, "
-          f"bf16 {'on' if bf16 else 'off'}")
+          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}], seed "
+          f"{' '.join(map(str, args.seeds))}, bf16 {'on' if bf16 else 'off'}")
 
     rows = []
     for sampler, steps in runs:
         cfg.sample = dataclasses.replace(cfg.sample, sampler=sampler, steps=steps, eta=args.eta)
-        g = torch.Generator(device).manual_seed(args.seed)
-        start = time.perf_counter()
-        with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
-                                    "--batch-size"):
-            images = torch.cat([generate(sampled, diffusion, chunk, cfg, g, bf16=bf16)
-                                for chunk in labels.split(args.batch_size)])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        scores = judge.score(images, labels)
+        draws, seconds = [], 0.0
+        for seed in args.seeds:
+            g = torch.Generator(device).manual_seed(seed)
+            start = time.perf_counter()
+            with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
+                                        "--batch-size"):
+                images = torch.cat([generate(sampled, diffusion, chunk, cfg, g, bf16=bf16)
+                                    for chunk in labels.split(args.batch_size)])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - start
+            draws.append(judge.score(images, labels))
+            if len(args.seeds) > 1:
+                print(f"{'seed ' + str(seed):>19}: " + score_line(draws[-1]), flush=True)
+        scores = {k: sum(d[k] for d in draws) / len(draws) for k in SCORES}
+        seconds /= len(draws)  # per draw of --num digits
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
                      "mnist_fd": round(scores["mnist_fd"], 4),
                      "class_accuracy": round(scores["class_accuracy"], 4),
                      "seconds": round(seconds, 2), "bf16": bf16, "eta": args.eta,
                      "precision": round(scores["precision"], 4),
                      "recall": round(scores["recall"], 4), "cfg_scale": cfg.sample.cfg_scale,
-                     "guidance_t_min": interval[0], "guidance_t_max": interval[1]})
-        print(f"{sampler:>13} {steps:>5} steps: MNIST-FD {scores['mnist_fd']:8.3f}  precision "
-              f"{scores['precision']:.3f}  recall {scores['recall']:.3f}  class accuracy "
-              f"{scores['class_accuracy']:.4f}  {seconds:7.1f} s", flush=True)
+                     "guidance_t_min": interval[0], "guidance_t_max": interval[1],
+                     "seeds": " ".join(map(str, args.seeds)),
+                     "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws)})
+        mean = "mean: " if len(args.seeds) > 1 else ""
+        print(f"{sampler:>13} {steps:>5} steps: {mean}{score_line(scores)}  {seconds:7.1f} s",
+              flush=True)
         write_sweep(rows, out)  # after every row: an interrupted study keeps what it measured
     return out
+
+
+def score_line(scores: dict) -> str:
+    """One draw's (or the mean's) four scores, as every printed row shows them."""
+    return (f"MNIST-FD {scores['mnist_fd']:8.3f}  precision {scores['precision']:.3f}  recall "
+            f"{scores['recall']:.3f}  class accuracy {scores['class_accuracy']:.4f}")
 
 
 def write_rows(f, rows: list[dict]) -> None:

@@ -229,7 +229,8 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
     assert status == 0
     rows = out.read_text().splitlines()
     assert rows[0] == ("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta,"
-                       "precision,recall,cfg_scale,guidance_t_min,guidance_t_max")
+                       "precision,recall,cfg_scale,guidance_t_min,guidance_t_max,seeds,"
+                       "mnist_fd_per_seed")
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -241,9 +242,38 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
-        assert r.split(",")[10:] == ["1.6", "0", "999"]  # the tiny preset's guidance, at every t
+        assert r.split(",")[10:13] == ["1.6", "0", "999"]  # the tiny preset's guidance, every t
+        assert r.split(",")[13] == "0" and float(r.split(",")[14]) == float(r.split(",")[3])
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
+
+
+def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_checkpoint,
+                                                                          tmp_path, capsys):
+    import csv
+
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+
+    def study(*seeds):
+        out = tmp_path / f"seeds_{'_'.join(seeds)}.csv"
+        assert sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                   "--num", "130", "--steps", "3", "--samplers", "ddim", "--eta",
+                                   "1", "--out", str(out), "--seed", *seeds]) == 0
+        with open(out) as f:
+            return next(csv.DictReader(f))
+
+    one, two, both = study("0"), study("1"), study("0", "1")
+    assert one["mnist_fd"] != two["mnist_fd"]  # two draws of the noise, two scores
+    assert both["seeds"] == "0 1"
+    assert [float(v) for v in both["mnist_fd_per_seed"].split()] == pytest.approx(
+        [float(one["mnist_fd"]), float(two["mnist_fd"])], abs=1e-4)
+    for key in ["mnist_fd", "class_accuracy", "precision", "recall"]:
+        assert float(both[key]) == pytest.approx((float(one[key]) + float(two[key])) / 2, abs=1e-4)
+    printed = capsys.readouterr().out
+    assert "seed 0: MNIST-FD" in printed and "seed 1: MNIST-FD" in printed
+    assert "3 steps: mean: MNIST-FD" in printed
 
 
 def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
@@ -287,7 +317,7 @@ def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_p
                                  str(out), "--cfg-scale", "2.5",
                                  "--guidance-interval", "300", "800"])
     assert status == 0
-    assert out.read_text().splitlines()[1].split(",")[10:] == ["2.5", "300", "800"]
+    assert out.read_text().splitlines()[1].split(",")[10:13] == ["2.5", "300", "800"]
     # DDIM-4 visits t = 999, 666, 333, 0: guided at the two inside the interval only
     assert sorted(set(calls)) == [(0, 1.0), (333, 2.5), (666, 2.5), (999, 1.0)]
 
