@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: auto)")
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
                    help="seeds of the sampling noise, the same for every row; with several, each "
-                        "row is the mean of one draw per seed: the draw alone moves the MNIST-FD "
-                        "of 1,000 digits by about 3 (default: 0)")
+                        "row is the mean of one draw per seed (its seconds the mean per draw): the "
+                        "draw alone moves the MNIST-FD of 1,000 digits by up to about 3 "
+                        "(default: 0)")
     p.add_argument("--out", default=None, help="CSV path, the plot beside it as .png "
                    "(default: sweep.csv beside a checkpoint in runs/, else runs/sweep/sweep.csv)")
     p.add_argument("--batch-size", type=int, default=100,
@@ -120,6 +121,9 @@ def sweep(args: argparse.Namespace) -> Path:
                         f"as many images, got {args.num}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if len(set(args.seeds)) < len(args.seeds):
+        raise UserError(f"--seed was given a seed twice ({' '.join(map(str, args.seeds))}): the "
+                        "same draw would count twice in the mean; pass each seed once")
     check_enough_images(args.num, MnistClassifier.FEATURE_DIMS, f"--num {args.num}", "MNIST-FD",
                         "pass a larger --num")
     interval = args.guidance_interval or [0, T - 1]
@@ -213,7 +217,9 @@ def write_sweep(rows: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"samplers compared on {rows[0]['num_images']} images each", fontsize=10)
+    draws = len(rows[0]["seeds"].split())
+    fig.suptitle(f"samplers compared on {rows[0]['num_images']} images each"
+                 + (f", the mean of {draws} draws" if draws > 1 else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=100)
     plt.close(fig)

@@ -265,6 +265,7 @@ def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_c
             return next(csv.DictReader(f))
 
     one, two, both = study("0"), study("1"), study("0", "1")
+    assert study("1") == two  # the same seed draws the same digits
     assert one["mnist_fd"] != two["mnist_fd"]  # two draws of the noise, two scores
     assert both["seeds"] == "0 1"
     assert [float(v) for v in both["mnist_fd_per_seed"].split()] == pytest.approx(
@@ -332,6 +333,16 @@ def test_sampler_study_rejects_an_interval_outside_the_timesteps(tiny_checkpoint
     assert status == 1
     assert "--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= 999" in (
         capsys.readouterr().err)
+
+
+def test_sampler_study_refuses_a_seed_given_twice(tiny_checkpoint, capsys):
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                 "--num", "130", "--steps", "3", "--seeds", "0", "1", "0"])
+    assert status == 1
+    assert "--seed was given a seed twice (0 1 0)" in capsys.readouterr().err
 
 
 def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
