@@ -265,7 +265,9 @@ def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_c
             return next(csv.DictReader(f))
 
     one, two, both = study("0"), study("1"), study("0", "1")
-    assert study("1") == two  # the same seed draws the same digits
+    again = study("1")  # the same seed draws the same digits (only the time may differ)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in two.items() if k != "seconds"}
     assert one["mnist_fd"] != two["mnist_fd"]  # two draws of the noise, two scores
     assert both["seeds"] == "0 1"
     assert [float(v) for v in both["mnist_fd_per_seed"].split()] == pytest.approx(
