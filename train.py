@@ -208,7 +208,10 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     optimizer = make_optimizer(model, cfg)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     step, seconds_before, log_rows = 0, 0.0, []  # steps taken and training time, over resumes
-    log_window = [0.0, 0]  # this rank's sum of losses and count of steps since the last log row
+    # The logged loss is the mean over the steps since the last row (and over every rank's
+    # batches): one batch's loss swings by a factor of two with its draw of t, and only the mean
+    # draws a readable curve. This rank's sum of losses and count of steps since that row:
+    loss_since_log, steps_since_log = 0.0, 0
     if checkpoint is not None:
         for module, key in [(model, "model"), (ema, "ema"), (optimizer, "optimizer")]:
             load_weights(module, checkpoint[key], ckpt_path)
@@ -217,7 +220,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
         log_rows = read_log(out_dir / "log.csv", step)
         # a run stopped between two rows resumes its window: the next row averages the same
         # steps as a run never stopped (checkpoints of older versions start a new window)
-        log_window = checkpoint.get("log_window", [log_window] * procs.world_size)[procs.rank]
+        if "log_window" in checkpoint:
+            loss_since_log, steps_since_log = checkpoint["log_window"][procs.rank]
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
     sample_every = cfg.train.sample_every or steps_per_epoch
@@ -242,11 +246,7 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     # It ends at total_steps, at the time limit, or on a stop request (a signal here or in any
     # other process); a non-finite loss ends the run with an error and no new checkpoint.
     start_step, started, stop, time_is_up = step, time.time(), False, False
-    # The logged loss is the mean over the steps since the last row (and over every rank's
-    # batches): one batch's loss swings by a factor of two with its draw of t, and only the mean
-    # draws a readable curve.
     last_log, seen_since_log = started, 0
-    loss_since_log, steps_since_log = log_window
     batch_stream = batches.stream(step)  # resumes mid-epoch: skips the batches already seen
     bar = tqdm(total=total_steps, initial=step, disable=not procs.is_main, unit="step",
                dynamic_ncols=True)

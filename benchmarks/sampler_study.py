@@ -39,7 +39,7 @@ SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST
 COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta",
            "precision", "recall", "cfg_scale", "guidance_t_min", "guidance_t_max", "seeds",
            "mnist_fd_per_seed"]
-SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]
+SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]  # per draw, averaged over --seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,11 +165,9 @@ def sweep(args: argparse.Namespace) -> Path:
         scores = {k: sum(d[k] for d in draws) / len(draws) for k in SCORES}
         seconds /= len(draws)  # per draw of --num digits
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
-                     "mnist_fd": round(scores["mnist_fd"], 4),
-                     "class_accuracy": round(scores["class_accuracy"], 4),
+                     **{key: round(scores[key], 4) for key in SCORES},
                      "seconds": round(seconds, 2), "bf16": bf16, "eta": args.eta,
-                     "precision": round(scores["precision"], 4),
-                     "recall": round(scores["recall"], 4), "cfg_scale": cfg.sample.cfg_scale,
+                     "cfg_scale": cfg.sample.cfg_scale,
                      "guidance_t_min": interval[0], "guidance_t_max": interval[1],
                      "seeds": " ".join(map(str, args.seeds)),
                      "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws)})
