@@ -9,7 +9,8 @@ DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ ru
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
 the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
 `--eta`, 0 unless given, so that it is deterministic like PLMS and DPM-Solver++; with
-`--guidance-interval`, guided only for t inside it), times the sampling, and scores the images
+`--guidance-interval`, guided only for t inside it; with `--autoguide`, also guided away from a
+weaker model), times the sampling, and scores the images
 in memory with common.MnistJudge (MNIST-FD against the MNIST test set, and class accuracy). With
 several `--seed`s each row draws its digits once per seed and reports the mean, since 1,000 digits
 score a few MNIST-FD apart from one draw of the noise to the next (benchmarks/README.md, "Variety
@@ -38,7 +39,7 @@ SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DP
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
 COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta",
            "precision", "recall", "cfg_scale", "guidance_t_min", "guidance_t_max", "seeds",
-           "mnist_fd_per_seed"]
+           "mnist_fd_per_seed", "autoguide", "autoguide_scale"]
 SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]  # per draw, averaged over --seed
 
 
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None,
                    help="guide only while T_MIN <= t <= T_MAX, the plain conditional model "
                         "elsewhere (Kynkaanniemi et al. 2024; default: guidance at every t)")
+    p.add_argument("--autoguide", metavar="CHECKPOINT", default=None,
+                   help="a weaker model of the same data (fewer steps, or smaller) to guide away "
+                        "from, as Karras et al. 2024 do (class 'Autoguided'; default: none)")
+    p.add_argument("--autoguide-scale", type=float, default=None,
+                   help="W of --autoguide: 1 = no autoguidance (default: 1.5)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's noise: 0 = deterministic, as the other samplers, so the study "
                         "compares the ODE samplers; 1 = the default sampling (default: 0)")
@@ -99,6 +105,50 @@ class GuidedInInterval:
         return self.model.forward_with_cfg(x, t, y, cfg_scale if inside else 1.0)
 
 
+class Autoguided:
+    """A model guided away from a weaker version of itself (Karras et al. 2024, "Guiding a
+    diffusion model with a bad version of itself"), on top of classifier-free guidance:
+
+        eps = eps_cfg(x, t, y) + (W - 1) (eps(x, t, y) - eps_weak(x, t, y))
+
+    eps_cfg is the model's guided prediction (DiT.forward_with_cfg) and eps_weak the weaker
+    model's conditional one. With cfg_scale 1 it is Karras et al.'s eps_weak + W (eps - eps_weak).
+    Classifier-free guidance pushes away from the unconditional model, and so towards the label's
+    commonest shapes; this pushes away from the errors the weaker model makes more of (malformed
+    strokes, a digit that reads as another), and both predictions are for the same label."""
+
+    def __init__(self, model, weak, scale: float):
+        self.model, self.weak, self.scale = model, weak, scale
+
+    def forward_with_cfg(self, x, t, y, cfg_scale: float):
+        import torch
+
+        if cfg_scale == 1.0:
+            eps_cfg = eps_cond = self.model(x, t, y)
+        else:  # both halves in one pass, as forward_with_cfg does, keeping the conditional one
+            null = torch.full_like(y, self.model.config.num_classes)
+            eps_cond, eps_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
+                                              torch.cat([y, null])).chunk(2)
+            eps_cfg = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+        return eps_cfg + (self.scale - 1) * (eps_cond - self.weak(x, t, y))
+
+
+def load_weak_model(path: str, cfg, device):
+    """The --autoguide model, which must denoise the same images on the same noise schedule."""
+    from support.cli import UserError
+
+    def task(c):
+        return (c.model.image_size, c.model.in_channels, c.model.num_classes,
+                c.autoencoder is None, c.diffusion)
+
+    weak, weak_cfg = load_model(path, device)
+    if task(weak_cfg) != task(cfg):
+        raise UserError(f"--autoguide {path} is not a model of the same images and noise schedule "
+                        "as --checkpoint: pass a weaker run of the same preset (fewer steps, or "
+                        "a smaller --hidden-size or --depth)")
+    return weak
+
+
 def sweep(args: argparse.Namespace) -> Path:
     """Sample, time and score every row; returns the CSV's path."""
     import torch
@@ -130,7 +180,19 @@ def sweep(args: argparse.Namespace) -> Path:
     if not 0 <= interval[0] <= interval[1] <= T - 1:
         raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= "
                         f"{T - 1}, got {interval[0]} {interval[1]}")
-    sampled = model if args.guidance_interval is None else GuidedInInterval(model, *interval)
+    if args.autoguide is None and args.autoguide_scale is not None:
+        raise UserError("--autoguide-scale needs --autoguide CHECKPOINT, the weaker model to "
+                        "guide away from")
+    autoguide_scale = 1.5 if args.autoguide_scale is None else args.autoguide_scale
+    if autoguide_scale < 0:
+        raise UserError(f"--autoguide-scale must be 0 or more (1 = none), got {autoguide_scale}")
+    sampled = model
+    if args.autoguide is not None:  # the interval, if any, bounds classifier-free guidance only
+        sampled = Autoguided(model, load_weak_model(args.autoguide, cfg, device), autoguide_scale)
+    else:
+        autoguide_scale = 1.0
+    if args.guidance_interval is not None:
+        sampled = GuidedInInterval(sampled, *interval)
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
             for steps in ([T] if sampler == "ddpm" else args.steps)]
     for sampler, steps in runs:  # every bad setting fails now, not after an hour
@@ -141,8 +203,9 @@ def sweep(args: argparse.Namespace) -> Path:
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
+    autoguided = f", autoguidance {autoguide_scale} from {args.autoguide}" if args.autoguide else ""
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
-          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}], seed "
+          f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}]{autoguided}, seed "
           f"{' '.join(map(str, args.seeds))}, bf16 {'on' if bf16 else 'off'}")
 
     rows = []
@@ -170,7 +233,9 @@ def sweep(args: argparse.Namespace) -> Path:
                      "cfg_scale": cfg.sample.cfg_scale,
                      "guidance_t_min": interval[0], "guidance_t_max": interval[1],
                      "seeds": " ".join(map(str, args.seeds)),
-                     "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws)})
+                     "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws),
+                     "autoguide": args.autoguide or "",
+                     "autoguide_scale": autoguide_scale})
         mean = "mean: " if len(args.seeds) > 1 else ""
         print(f"{sampler:>13} {steps:>5} steps: {mean}{score_line(scores)}  {seconds:7.1f} s",
               flush=True)

@@ -230,7 +230,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
     rows = out.read_text().splitlines()
     assert rows[0] == ("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta,"
                        "precision,recall,cfg_scale,guidance_t_min,guidance_t_max,seeds,"
-                       "mnist_fd_per_seed")
+                       "mnist_fd_per_seed,autoguide,autoguide_scale")
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -244,6 +244,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
         assert r.split(",")[10:13] == ["1.6", "0", "999"]  # the tiny preset's guidance, every t
         assert r.split(",")[13] == "0" and float(r.split(",")[14]) == float(r.split(",")[3])
+        assert r.split(",")[15:] == ["", "1.0"]  # no autoguidance
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 
@@ -323,6 +324,107 @@ def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_p
     assert out.read_text().splitlines()[1].split(",")[10:13] == ["2.5", "300", "800"]
     # DDIM-4 visits t = 999, 666, 333, 0: guided at the two inside the interval only
     assert sorted(set(calls)) == [(0, 1.0), (333, 2.5), (666, 2.5), (999, 1.0)]
+
+
+def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction():
+    import torch
+
+    from config import ModelConfig
+    from dit import DiT
+    from sampler_study import Autoguided
+
+    def random_dit(seed):
+        torch.manual_seed(seed)
+        model = DiT(ModelConfig(patch_size=7, hidden_size=32, depth=2, num_heads=2)).eval()
+        for p in model.parameters():  # adaLN-Zero starts at zero: make the label matter
+            torch.nn.init.normal_(p, std=0.1)
+        return model
+
+    model, weak = random_dit(0), random_dit(1)
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([500] * 3), torch.tensor([1, 5, 7])
+    with torch.no_grad():
+        cond, uncond, bad = model(x, t, y), model(x, t, torch.full_like(y, 10)), weak(x, t, y)
+        # Karras et al.'s form without classifier-free guidance: eps_weak + W (eps - eps_weak)
+        got = Autoguided(model, weak, 2.5).forward_with_cfg(x, t, y, 1.0)
+        assert torch.allclose(got, bad + 2.5 * (cond - bad), atol=1e-5)
+        # on top of classifier-free guidance, each guidance adds its own difference
+        got = Autoguided(model, weak, 1.5).forward_with_cfg(x, t, y, 2.0)
+        want = uncond + 2.0 * (cond - uncond) + 0.5 * (cond - bad)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, model.forward_with_cfg(x, t, y, 2.0), atol=1e-3)
+        # W = 1 is classifier-free guidance alone
+        assert torch.allclose(Autoguided(model, weak, 1.0).forward_with_cfg(x, t, y, 2.0),
+                              model.forward_with_cfg(x, t, y, 2.0), atol=1e-5)
+
+
+def test_sampler_study_autoguides_with_the_weaker_checkpoint(tiny_checkpoint, tmp_path,
+                                                             monkeypatch):
+    import csv
+
+    import sampler_study
+
+    weak_calls = []
+    original = sampler_study.Autoguided.forward_with_cfg
+
+    def recorded(self, x, t, y, cfg_scale):
+        weak_calls.append((int(t[0]), self.scale, cfg_scale))
+        return original(self, x, t, y, cfg_scale)
+
+    monkeypatch.setattr(sampler_study.Autoguided, "forward_with_cfg", recorded)
+    checkpoint, data = tiny_checkpoint
+
+    def study(name, *extra):
+        out = tmp_path / f"{name}.csv"
+        assert sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                                   "--num", "130", "--steps", "3", "--samplers", "ddim",
+                                   "--out", str(out), *extra]) == 0
+        with open(out) as f:
+            return next(csv.DictReader(f))
+
+    plain = study("plain")
+    # the model as its own weaker version: eps_cfg + (W - 1) * 0, the same digits as without
+    same = study("self", "--autoguide", str(checkpoint), "--autoguide-scale", "3")
+    assert (same["autoguide"], same["autoguide_scale"]) == (str(checkpoint), "3.0")
+    assert float(same["mnist_fd"]) == pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
+    # each of DDIM-3's steps, for both batches of 100 and 30, went through the autoguided
+    # prediction, at the checkpoint's guidance 1.6
+    assert len(weak_calls) == 2 * 3 and {(s, g) for _, s, g in weak_calls} == {(3.0, 1.6)}
+    # a model guided away from an untrained one of the same shape draws other digits
+    other = study("weak", "--autoguide", str(untrained_checkpoint(checkpoint, tmp_path)))
+    assert other["autoguide_scale"] == "1.5"
+    assert float(other["mnist_fd"]) != pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
+
+
+def untrained_checkpoint(checkpoint, tmp_path, **diffusion):
+    """The checkpoint with its EMA weights re-drawn at random (adaLN-Zero's zeros included, so
+    that it predicts something else), and its diffusion config changed by `diffusion`."""
+    import torch
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    torch.manual_seed(1)
+    ckpt["ema"] = {k: torch.randn_like(v) * 0.1 if v.is_floating_point() else v
+                   for k, v in ckpt["ema"].items()}
+    ckpt["config"]["diffusion"].update(diffusion)
+    path = tmp_path / f"untrained_{len(diffusion)}.pth"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--autoguide-scale", "2"], "--autoguide-scale needs --autoguide CHECKPOINT"),
+    (["--autoguide", "CKPT", "--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
+    (["--autoguide", "OTHER_T"], "is not a model of the same images and noise schedule"),
+])
+def test_sampler_study_rejects_bad_autoguidance(tiny_checkpoint, argv, message, tmp_path, capsys):
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    argv = [str(checkpoint) if a == "CKPT" else a for a in argv]
+    if "OTHER_T" in argv:
+        argv[argv.index("OTHER_T")] = str(untrained_checkpoint(checkpoint, tmp_path,
+                                                               num_timesteps=500))
+    status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data), *argv])
+    assert status == 1 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("interval", [["800", "300"], ["-1", "500"], ["0", "1000"]])
