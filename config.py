@@ -114,13 +114,17 @@ class TrainConfig:
     eval_images: int = 1000  # held-out test digits, 100 per tenth of the range of t
     sample_every: int = 0  # steps between sample grids; 0 = at the end of every epoch
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_every: int = 0  # if > 0, also keep every keep_every-th step's checkpoint beside model.pth
+    #                      as step_0003000.pth: earlier weights to compare the final ones with, or
+    #                      to guide away from (benchmarks/sampler_study.py --autoguide)
 
     def check(self) -> None:
         """A UserError naming the flag of the first value that cannot train."""
         _check_at_least(self, ["epochs", "batch_size", "log_every", "checkpoint_every",
                                "eval_every"])
         _check_at_least(self, ["eval_images"], flags=False)
-        _check_at_least(self, ["max_steps", "sample_every", "warmup_steps", "time_limit"], least=0)
+        _check_at_least(self, ["max_steps", "sample_every", "warmup_steps", "time_limit",
+                               "keep_every"], least=0)
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

@@ -285,7 +285,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                                      **looking_inside(model, diffusion, heldout, cfg, evaluate)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
                     last_log, seen_since_log, loss_since_log, steps_since_log = now, 0, 0.0, 0
-                if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop:
+                keep = cfg.train.keep_every > 0 and step % cfg.train.keep_every == 0
+                if step % cfg.train.checkpoint_every == 0 or step == total_steps or stop or keep:
                     # Tensors and plain types only, so that torch.load(weights_only=True) reads it.
                     state = {"model": model.state_dict(), "ema": ema.state_dict(),
                              "optimizer": optimizer.state_dict(), "step": step,
@@ -298,6 +299,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                         state["autoencoder"] = autoencoder.state_dict()
                     if procs.is_main:
                         save_checkpoint(ckpt_path, state)
+                        if keep:  # the same state under a name the next save leaves alone
+                            save_checkpoint(out_dir / f"step_{step:07d}.pth", state)
                         write_log(log_rows, out_dir / "log.csv")
                         save_loss_plot(log_rows, out_dir / "loss.png")
                         save_gates_plot(log_rows, out_dir / "gates.png")

@@ -113,6 +113,7 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "eval_every": "steps between held-out losses (and one at the end)",
     "sample_every": "steps between sample grids (0 = each epoch)",
     "checkpoint_every": "steps between checkpoints",
+    "keep_every": "also keep every K-th step's checkpoint as step_<K>.pth (0 = only the latest)",
 }
 MODEL_FLAGS = {  # field of ModelConfig -> help
     "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset latent)",
@@ -124,7 +125,7 @@ MODEL_FLAGS = {  # field of ModelConfig -> help
 }
 # What a resumed run may change: how long it goes on and how often it reports.
 RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "eval_every",
-                   "sample_every", "checkpoint_every"}
+                   "sample_every", "checkpoint_every", "keep_every"}
 
 
 def add_override_flags(parser: argparse.ArgumentParser, presets: dict[str, Callable]) -> None:

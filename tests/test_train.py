@@ -59,6 +59,20 @@ def test_train_writes_checkpoint_pictures_and_log(tiny_data, tmp_path):
     assert rows[0].startswith("step,epoch,loss") and len(rows) == 1 + 6
 
 
+def test_keep_every_keeps_those_steps_checkpoints_beside_the_latest(tiny_data, tmp_path):
+    # checkpoint_every is 50 in the tiny preset, so only --keep-every and the end save here
+    assert run_train(tiny_data, tmp_path, "--max-steps", "5", "--keep-every", "2") == 0
+    kept = sorted(p.name for p in tmp_path.glob("step_*.pth"))
+    assert kept == ["step_0000002.pth", "step_0000004.pth"]
+    final = torch.load(tmp_path / "model.pth", weights_only=True)
+    for name, step in zip(kept, [2, 4]):
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        assert ckpt["step"] == step and ckpt["config"] == final["config"]
+        assert not torch.equal(ckpt["ema"]["final_layer.linear.weight"],
+                               final["ema"]["final_layer.linear.weight"])  # earlier weights
+    assert final["step"] == 5
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_train(tiny_data, straight, "--max-steps", "7") == 0
@@ -234,6 +248,7 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
     (["--lr", "-1"], "--lr must be positive"),
     (["--patch-size", "5"], "patch size 5 does not divide the image size 28: pass a --patch-size of 1, 2, 4, 7, 14, 28"),
     (["--batch-size", "1000"], "pass a smaller --batch-size"),
+    (["--keep-every", "-1"], "--keep-every must be 0 or more"),
 ])
 
 
