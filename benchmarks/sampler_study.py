@@ -137,12 +137,10 @@ def load_weak_model(path: str, cfg, device):
     """The --autoguide model, which must denoise the same images on the same noise schedule."""
     from support.cli import UserError
 
-    def task(c):
-        return (c.model.image_size, c.model.in_channels, c.model.num_classes,
-                c.autoencoder is None, c.diffusion)
-
     weak, weak_cfg = load_model(path, device)
-    if task(weak_cfg) != task(cfg):
+    task = [(c.model.image_size, c.model.in_channels, c.model.num_classes, c.autoencoder is None,
+             c.diffusion) for c in (weak_cfg, cfg)]
+    if task[0] != task[1]:
         raise UserError(f"--autoguide {path} is not a model of the same images and noise schedule "
                         "as --checkpoint: pass a weaker run of the same preset (fewer steps, or "
                         "a smaller --hidden-size or --depth)")

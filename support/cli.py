@@ -113,7 +113,8 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "eval_every": "steps between held-out losses (and one at the end)",
     "sample_every": "steps between sample grids (0 = each epoch)",
     "checkpoint_every": "steps between checkpoints",
-    "keep_every": "also keep every K-th step's checkpoint as step_<K>.pth (0 = only the latest)",
+    "keep_every": "also keep every K-th step's checkpoint, as step_0003000.pth for step 3000 "
+                  "(0 = only the latest; --overwrite leaves an earlier run's kept files)",
 }
 MODEL_FLAGS = {  # field of ModelConfig -> help
     "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset latent)",
