@@ -178,17 +178,16 @@ def sweep(args: argparse.Namespace) -> Path:
     if not 0 <= interval[0] <= interval[1] <= T - 1:
         raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= "
                         f"{T - 1}, got {interval[0]} {interval[1]}")
+    sampled, autoguide_scale = model, 1.0  # 1: no autoguidance
     if args.autoguide is None and args.autoguide_scale is not None:
         raise UserError("--autoguide-scale needs --autoguide CHECKPOINT, the weaker model to "
                         "guide away from")
-    autoguide_scale = 1.5 if args.autoguide_scale is None else args.autoguide_scale
-    if autoguide_scale < 0:
-        raise UserError(f"--autoguide-scale must be 0 or more (1 = none), got {autoguide_scale}")
-    sampled = model
     if args.autoguide is not None:  # the interval, if any, bounds classifier-free guidance only
+        autoguide_scale = 1.5 if args.autoguide_scale is None else args.autoguide_scale
+        if autoguide_scale < 0:
+            raise UserError(f"--autoguide-scale must be 0 or more (1 = none), got "
+                            f"{autoguide_scale}")
         sampled = Autoguided(model, load_weak_model(args.autoguide, cfg, device), autoguide_scale)
-    else:
-        autoguide_scale = 1.0
     if args.guidance_interval is not None:
         sampled = GuidedInInterval(sampled, *interval)
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers

@@ -389,7 +389,8 @@ def test_sampler_study_autoguides_with_the_weaker_checkpoint(tiny_checkpoint, tm
     assert float(same["mnist_fd"]) == pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
     # each of DDIM-3's steps, for both batches of 100 and 30, went through the autoguided
     # prediction, at the checkpoint's guidance 1.6
-    assert len(autoguided_calls) == 2 * 3 and {(s, g) for _, s, g in autoguided_calls} == {(3.0, 1.6)}
+    assert len(autoguided_calls) == 2 * 3
+    assert {(s, g) for _, s, g in autoguided_calls} == {(3.0, 1.6)}
     # a model guided away from an untrained one of the same shape draws other digits
     other = study("weak", "--autoguide", str(untrained_checkpoint(checkpoint, tmp_path)))
     assert other["autoguide_scale"] == "1.5"
