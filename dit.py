@@ -14,6 +14,9 @@ config's image size, channels and patch differ. Unlike the paper's, it predicts 
 Classifier-free guidance (Ho & Salimans 2022): label `num_classes` is a "null" label. Training drops
 the true label with probability `class_dropout_prob`, so one network learns both the conditional
 eps(x, t, y) and the unconditional eps(x, t, null); sampling mixes them (`forward_with_cfg`).
+Autoguidance (Karras et al. 2024, `Autoguided`) adds a second push, away from a weaker version of
+the same network: the EMA weights from a fifth of the way through training, which the checkpoint
+keeps (TrainConfig.weak_model_at).
 
 Letters used in shape comments: B batch, C channels, H, W image height and width, p patch size,
 h = H / p, w = W / p patches per side, N = h * w tokens, D width.
@@ -24,8 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from config import ModelConfig
+from config import Config, ModelConfig
 from dit_block import DiTBlock, modulate
+from support.checkpoint import load_weights
 from time_emb import TimestepEmbedder
 
 
@@ -183,16 +187,24 @@ class DiT(nn.Module):
 
         s = 1 is the conditional model, s = 0 the unconditional one, s > 1 pushes samples towards
         what makes them look like class y. (Ho & Salimans write the same with w = s - 1:
-        (1 + w) eps(y) - w eps(null).) Both halves run in one batched forward pass.
+        (1 + w) eps(y) - w eps(null).) Both halves run in one batched forward pass
+        (`cfg_predictions`).
         """
+        if cfg_scale == 0.0:  # the conditional half would be multiplied by zero
+            return self(x, t, torch.full_like(y, self.config.num_classes))
+        return self.cfg_predictions(x, t, y, cfg_scale)[0]
+
+    def cfg_predictions(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                        cfg_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the guided eps of `forward_with_cfg`, the conditional eps(x, t, y) it was mixed from),
+        from one batched pass over both labels, or a single pass when cfg_scale is 1."""
+        if cfg_scale == 1.0:  # the unconditional half would be multiplied by zero
+            eps_cond = self(x, t, y)
+            return eps_cond, eps_cond
         null = torch.full_like(y, self.config.num_classes)
-        if cfg_scale == 1.0:
-            return self(x, t, y)  # the unconditional half would be multiplied by zero
-        if cfg_scale == 0.0:
-            return self(x, t, null)
         eps = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
         eps_cond, eps_uncond = eps.chunk(2)
-        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond), eps_cond
 
     # ---------------------------------------------------------------- looking inside
 
@@ -216,6 +228,53 @@ class DiT(nn.Module):
         c = self.t_embedder(t) + self.y_embedder.embedding_table(y)  # (B, D)
         return torch.stack([torch.stack([g.abs().mean() for g in block.gates(c)])
                             for block in self.blocks])
+
+
+class Autoguided(nn.Module):
+    """A DiT guided away from a weaker version of itself (Karras et al. 2024, "Guiding a diffusion
+    model with a bad version of itself"), on top of classifier-free guidance:
+
+        eps = eps_cfg(x, t, y) + (W - 1) * (eps(x, t, y) - eps_weak(x, t, y))
+
+    eps_cfg is the model's guided prediction (DiT.forward_with_cfg), eps its conditional one and
+    eps_weak the weak model's, for the same label y; W = 1 is no autoguidance, and with cfg_scale
+    1 the sum is Karras et al.'s eps_weak + W (eps - eps_weak). The weak model is the same network
+    trained for a fifth of the steps: it makes the same kind of errors as the final one, only more
+    of them (malformed strokes, a digit that half reads as another), so the difference of the two
+    predictions points away from those errors. Classifier-free guidance pushes away from the
+    unconditional model instead, towards each label's commonest shapes, and so makes the digits
+    alike; autoguidance sharpens them without that, so that less classifier-free guidance reaches
+    the same class accuracy. Three passes of the network per step instead of two.
+
+    The samplers call `forward_with_cfg` only, so they sample this as they sample a DiT."""
+
+    def __init__(self, model: DiT, weak: DiT, scale: float):
+        super().__init__()
+        self.model, self.weak, self.scale = model, weak, scale
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                         cfg_scale: float) -> torch.Tensor:
+        eps_cfg, eps_cond = self.model.cfg_predictions(x, t, y, cfg_scale)
+        return eps_cfg + (self.scale - 1) * (eps_cond - self.weak(x, t, y))
+
+
+def load_ema(checkpoint: dict, cfg: Config, path, device) -> tuple[DiT, DiT | Autoguided]:
+    """(the EMA DiT, the model to sample with) of a checkpoint that support.checkpoint's
+    read_checkpoint has read, on `device` in eval mode. The EMA weights give cleaner samples than
+    the raw ones (DiT, section 4). The model to sample with is the EMA itself, or Autoguided with
+    cfg.sample.autoguide_scale when that is not 1 and the checkpoint keeps a weak model
+    ("weak_ema"; checkpoints of earlier versions keep none)."""
+    ema = load_weights(DiT(cfg.model), checkpoint["ema"], path).to(device).eval()
+    weak = None
+    if "weak_ema" in checkpoint and cfg.sample.autoguide_scale != 1.0:
+        weak = load_weights(DiT(cfg.model), checkpoint["weak_ema"], path).to(device).eval()
+    return ema, with_autoguidance(ema, weak, cfg.sample.autoguide_scale)
+
+
+def with_autoguidance(model: DiT, weak: DiT | None, scale: float) -> DiT | Autoguided:
+    """`model` guided away from `weak` with W = scale, or `model` itself when there is no weak
+    model or W is 1."""
+    return model if weak is None or scale == 1.0 else Autoguided(model, weak, scale)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ the loss, and the sampling animation.
     python figures.py --out-dir images                   # redraw the README's own pictures
 
 Writes into --out-dir (default runs/figures/): forward.png and tokens.png (the maths: no model),
-attention.png and sampling.gif (drawn by the checkpoint's EMA model), gates.png and loss.png
+attention.png and sampling.gif (drawn by the checkpoint's EMA model, sampled as inference.py
+samples it), gates.png and loss.png
 (from the log.csv beside the checkpoint). For a latent model (train.py --preset latent): its
 autoencoder's reconstructions.png and latents.png, then sampling.gif, gates.png and loss.png.
 Sample grids, trajectories and guidance strips come from inference.py. The drawing itself is in
@@ -27,8 +28,8 @@ from autoencoder import autoencoder_of, encode_images
 from config import Config, get_preset
 from dataset import load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
-from dit import DiT, patchify, sincos_pos_embed_2d
-from support.checkpoint import SHIPPED, load_weights, read_checkpoint, read_log
+from dit import DiT, load_ema, patchify, sincos_pos_embed_2d
+from support.checkpoint import SHIPPED, read_checkpoint, read_log
 from support.cli import AMP_CHOICES, UserError, exit_status, flag, pick_device, use_bf16
 from support.pictures import (ATTENTION_TIMESTEPS, forward_process, sampling_frames, save_attention,
                               save_forward_process, save_gates_plot, save_gif, save_latent_channels,
@@ -104,10 +105,10 @@ def run(args: argparse.Namespace) -> None:
                             "none of which is drawn here: drop it")
     digit, seed, out = args.digit or 0, args.seed or 0, Path(args.out_dir)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    model = autoencoder = None
+    model = sampled = autoencoder = None
     if wanted & {"attention", "sampling", "reconstructions", "latents"}:
         device = pick_device(args.device)
-        model = load_weights(DiT(cfg.model), checkpoint["ema"], path).to(device).eval()
+        model, sampled = load_ema(checkpoint, cfg, path, device)  # sampled: as inference.py does
         autoencoder = autoencoder_of(checkpoint, cfg.autoencoder, path, device)  # or None
     if wanted & USES["digit"]:
         images, labels = load_mnist(resolve_data_dir(args.data_dir), train=False)
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
     if "sampling" in wanted:
         g = torch.Generator(device).manual_seed(seed)
         labels = class_labels(cfg.model.num_classes, 2, device)  # two of each digit
-        _, states, x0_preds = generate(model, diffusion, labels, cfg, g,
+        _, states, x0_preds = generate(sampled, diffusion, labels, cfg, g,
                                        use_bf16(args.amp or "auto", device),
                                        return_intermediates=True, progress=True,
                                        autoencoder=autoencoder)

@@ -12,7 +12,8 @@
 
 The model is rebuilt from the config stored in the checkpoint, with the EMA weights (they give
 cleaner samples than the raw weights; DiT section 4), and samples with the checkpoint's sampler
-settings unless a flag changes them. A latent model (`train.py --preset latent`) samples latents,
+settings unless a flag changes them: classifier-free guidance and, when the checkpoint keeps the
+early weights to guide away from, autoguidance (dit.Autoguided). A latent model (`train.py --preset latent`) samples latents,
 and the autoencoder stored in its checkpoint turns them into pixels, so every flag works the same
 for it. The grid goes beside the checkpoint when it is a run of yours in runs/, else into
 runs/samples/ (nothing is written into the tracked pretrained/ unless a flag says so), and the
@@ -36,8 +37,8 @@ from autoencoder import Autoencoder, autoencoder_of
 from config import SAMPLERS, Config
 from dataset import to_uint8
 from diffusion import GaussianDiffusion
-from dit import DiT
-from support.checkpoint import load_weights, outputs_dir, read_checkpoint
+from dit import Autoguided, DiT, load_ema
+from support.checkpoint import outputs_dir, read_checkpoint
 from support.cli import (AMP_CHOICES, UserError, exit_status, flag, out_of_memory_as_error,
                          pick_device, use_bf16)
 from support.image_files import LABELLED_NAME, labelled_file_name
@@ -50,9 +51,9 @@ DEFAULT_CHECKPOINT = "runs/default/model.pth"  # where `python train.py` writes 
 
 # ------------------------------------------------------------------------------ files for scoring
 
-def write_class_images(model: DiT, diffusion: GaussianDiffusion, cfg: Config, per_class: int,
-                       out_dir: str | Path, device, batch_size: int = 500, seed: int = 0,
-                       bf16: bool = False, progress: bool = True,
+def write_class_images(model: DiT | Autoguided, diffusion: GaussianDiffusion, cfg: Config,
+                       per_class: int, out_dir: str | Path, device, batch_size: int = 500,
+                       seed: int = 0, bf16: bool = False, progress: bool = True,
                        autoencoder: Autoencoder | None = None) -> list[Path]:
     """Write per_class images of every digit as 28 x 28 grayscale PNGs named <index>_<label>.png.
 
@@ -102,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "(ddpm always takes all T)")
     g.add_argument("--eta", type=float, help="ddim's noise: 0 deterministic, 1 DDPM-like")
     g.add_argument("--cfg-scale", type=float, help="guidance scale; 1 = none")
+    g.add_argument("--autoguide-scale", type=float,
+                   help="autoguidance W, away from the checkpoint's early weights; 1 = none")
     g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
     g.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -115,8 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also save the denoising trajectory, x_t and the predicted x_0 at each "
                         "shown step (default file: trajectory.png beside the grid)")
     g.add_argument("--guidance-strip", nargs="?", const=True, metavar="PNG",
-                   help="also sample each digit at guidance 0, 1, 2, 4 and 8 from one noise "
-                        "(default file: guidance.png beside the grid)")
+                   help="also sample each digit at classifier-free guidance 0, 1, 2, 4 and 8 "
+                        "(no autoguidance) from one noise (default file: guidance.png beside "
+                        "the grid)")
     g = p.add_argument_group("image files for fid_computer.py")
     g.add_argument("--num-per-class", type=int,
                    help="write this many PNG files per digit into --out-dir instead of a grid")
@@ -125,10 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_flags(args: argparse.Namespace, cfg: Config) -> None:
+def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
     """Refuse the flags that would do nothing (a grid's with --num-per-class, the files' without
-    it, a setting the chosen sampler ignores), apply the sampling flags that were given to
-    cfg.sample, and check every value."""
+    it, a setting the chosen sampler ignores, autoguidance without a weak model), apply the
+    sampling flags that were given to cfg.sample, and check every value."""
     def spelt(names):
         return ", ".join(f"--{flag(n)}" for n in names if getattr(args, n) is not None)
 
@@ -140,9 +144,13 @@ def check_flags(args: argparse.Namespace, cfg: Config) -> None:
         raise UserError(f"--num-per-class writes image files only: drop {spelt(grid)}, or run "
                         "them separately")
     s = cfg.sample
-    for name in ["sampler", "steps", "eta", "cfg_scale"]:
+    for name in ["sampler", "steps", "eta", "cfg_scale", "autoguide_scale"]:
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
+    if args.autoguide_scale not in (None, 1.0) and not has_weak:
+        raise UserError(f"{args.checkpoint} keeps no weak model to guide away from (it was "
+                        "trained with --weak-model-at 0, or by an earlier version): drop "
+                        "--autoguide-scale")
     if args.eta is not None and s.sampler != "ddim":
         raise UserError(f"--eta is DDIM's noise and {s.sampler} has none: drop --eta, or pass "
                         "--sampler ddim")
@@ -163,15 +171,18 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint)  # tensors and plain types only (weights_only)
     cfg = Config.from_dict(checkpoint["config"], source=args.checkpoint)  # nothing is retyped
-    model = load_weights(DiT(cfg.model), checkpoint["ema"], args.checkpoint).to(device).eval()
+    check_flags(args, cfg, "weak_ema" in checkpoint)
+    # the EMA DiT, and the model to sample with: the EMA guided away from the weak model, if any
+    ema, model = load_ema(checkpoint, cfg, args.checkpoint, device)
     autoencoder = autoencoder_of(checkpoint, cfg.autoencoder, args.checkpoint, device)  # or None
-    check_flags(args, cfg)
     s = cfg.sample
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     bf16 = use_bf16(args.amp, device)
     how = {"ddpm": f"{cfg.diffusion.num_timesteps} steps", "ddim": f"{s.steps} steps, eta {s.eta}"}
+    guided = (f", autoguidance {s.autoguide_scale} (from the EMA at step "
+              f"{checkpoint['weak_ema_step']})" if model is not ema else "")
     print(f"device: {device} | {s.sampler} with {how.get(s.sampler, f'{s.steps} steps')}, "
-          f"guidance {s.cfg_scale} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}"
+          f"guidance {s.cfg_scale}{guided} | seed {args.seed} | bf16 {'on' if bf16 else 'off'}"
           + (" | latent model, decoded by its autoencoder" if autoencoder is not None else ""))
 
     if args.num_per_class is not None:
@@ -203,7 +214,8 @@ def run(args: argparse.Namespace) -> None:
         if args.guidance_strip is not None:
             path = (out.parent / "guidance.png" if args.guidance_strip is True
                     else Path(args.guidance_strip))
-            strip = guidance_strip(model, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16,
+            # classifier-free guidance alone, so that each column shows only its scale
+            strip = guidance_strip(ema, diffusion, cfg, digits, GUIDANCE_SCALES, args.seed, bf16,
                                    autoencoder, progress=True)
             save_guidance_strip(strip, digits, GUIDANCE_SCALES, path)
             print(f"guidance strip (scales {', '.join(f'{x:g}' for x in GUIDANCE_SCALES)}): {path}")

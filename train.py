@@ -9,7 +9,8 @@
                                                       # (or per CPU share, with gloo)
 
 Writes into --out-dir (default runs/default, runs/latent for the latent preset): model.pth
-(weights, EMA, optimiser, step, RNG states and the config; see support/checkpoint.py), samples/
+(weights, EMA, the early EMA that autoguidance guides away from, optimiser, step, RNG states and
+the config; see support/checkpoint.py), samples/
 (EMA sample grids, one row per digit), log.csv (the loss averaged since the row before, the
 held-out loss by noise level, the adaLN-Zero gates), loss.png and gates.png; with --preset latent
 also autoencoder.pth, the first stage (autoencoder.py), trained here before the DiT or reused,
@@ -40,7 +41,7 @@ from autoencoder import Autoencoder, encode_images, first_stage
 from config import PRESETS, Config
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
-from dit import DiT
+from dit import DiT, with_autoguidance
 from support.checkpoint import (load_weights, read_checkpoint, read_log, save_checkpoint,
                                 set_rng_state, write_log)
 from support.cli import (AMP_CHOICES, UserError, add_override_flags, config_from_args, exit_status,
@@ -161,12 +162,14 @@ def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg
     return row
 
 
-def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool, path: Path,
-                 autoencoder: Autoencoder | None) -> Path:
+def save_samples(ema: DiT, weak_ema: DiT | None, diffusion: GaussianDiffusion, cfg: Config,
+                 bf16: bool, path: Path, autoencoder: Autoencoder | None) -> Path:
     """Ten EMA samples of each digit (row k = digit k) from the same noise every time, so that
-    the grids of successive epochs show the model learning."""
+    the grids of successive epochs show the model learning; guided away from the weak model as
+    inference.py guides, once the run has kept one."""
     g = torch.Generator(next(ema.parameters()).device).manual_seed(cfg.train.seed)
-    save_grid(sample_grid(ema, diffusion, cfg, list(range(cfg.model.num_classes)), 10, g, bf16,
+    sampled = with_autoguidance(ema, weak_ema, cfg.sample.autoguide_scale)
+    save_grid(sample_grid(sampled, diffusion, cfg, list(range(cfg.model.num_classes)), 10, g, bf16,
                           autoencoder), path, nrow=10)
     return path
 
@@ -208,6 +211,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     optimizer = make_optimizer(model, cfg)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     step, seconds_before, log_rows = 0, 0.0, []  # steps taken and training time, over resumes
+    # Autoguidance's weak model (dit.Autoguided): a copy of the EMA as it was at weak_model_at
+    # of the run, kept in every checkpoint from then on. None until then.
+    weak_ema, weak_step = None, 0
     # The logged loss is the mean over the steps since the last row (and over every rank's
     # batches): one batch's loss swings by a factor of two with its draw of t, and only the mean
     # draws a readable curve. This rank's sum of losses and count of steps since that row:
@@ -218,6 +224,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
         step, seconds_before = checkpoint["step"], checkpoint.get("train_seconds", 0.0)
         set_rng_state(checkpoint["rng"][procs.rank], device)  # this rank's stream, where it was
         log_rows = read_log(out_dir / "log.csv", step)
+        if "weak_ema" in checkpoint:
+            weak_ema = load_weights(copy.deepcopy(ema), checkpoint["weak_ema"], ckpt_path)
+            weak_step = checkpoint["weak_ema_step"]
         # a run stopped between two rows resumes its window: the next row averages the same
         # steps as a run never stopped (checkpoints of older versions start a new window)
         if "log_window" in checkpoint:
@@ -225,6 +234,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
     sample_every = cfg.train.sample_every or steps_per_epoch
+    if weak_ema is None:  # 0 with weak_model_at 0: no step is 0, so none is kept
+        weak_step = round(cfg.train.weak_model_at * total_steps)
 
     train_model = model  # what the step calls; DDP and torch.compile wrap the same parameters
     if procs.world_size > 1:
@@ -240,7 +251,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
         print(f"preset {cfg.preset}: DiT with {sum(p.numel() for p in model.parameters()):,} "
               f"parameters, patch {cfg.model.patch_size}, width {cfg.model.hidden_size}, depth "
               f"{cfg.model.depth}; {len(images):,} images, {steps_per_epoch} steps per epoch, "
-              f"{'resuming at step ' + str(step) + ' of ' if step else ''}{total_steps} steps")
+              f"{'resuming at step ' + str(step) + ' of ' if step else ''}{total_steps} steps"
+              + (f"; autoguidance's weak model: the EMA at step {weak_step}" if weak_step else ""))
 
     # The loop: one step of Algorithm 1, the EMA, then the log, checkpoint and grid when due.
     # It ends at total_steps, at the time limit, or on a stop request (a signal here or in any
@@ -269,6 +281,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                                     f"{last}. Try a lower --lr or --amp off")
                 update_ema(ema, model, ema_decay_at(step, cfg))
                 step += 1
+                if step == weak_step and weak_ema is None:
+                    weak_ema = copy.deepcopy(ema)  # the EMA stays as it is from here on
                 bar.update(1)
                 seen_since_log += x0.shape[0] * procs.world_size
                 loss_since_log, steps_since_log = loss_since_log + loss, steps_since_log + 1
@@ -295,6 +309,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                              "log_window": gather(procs, [loss_since_log, steps_since_log]),
                              "world_size": procs.world_size, "bf16": bf16,
                              "config": cfg.to_dict()}
+                    if weak_ema is not None:
+                        state["weak_ema"], state["weak_ema_step"] = weak_ema.state_dict(), weak_step
                     if autoencoder is not None:  # what decoding the samples needs
                         state["autoencoder"] = autoencoder.state_dict()
                     if procs.is_main:
@@ -307,8 +323,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 if (step % sample_every == 0 and step != total_steps and not stop
                         and procs.is_main):
                     path = out_dir / "samples" / f"step_{step:07d}.png"
-                    bar.write(f"samples at step {step}: "
-                              f"{save_samples(ema, diffusion, cfg, bf16, path, autoencoder)}")
+                    save_samples(ema, weak_ema, diffusion, cfg, bf16, path, autoencoder)
+                    bar.write(f"samples at step {step}: {path}")
 
         # The end: every rank holds the same weights; the first one reports and draws.
         check_ranks_in_sync(model, procs)
@@ -324,8 +340,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             return stops.exit_status()
         if step < total_steps:
             print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
-        final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png",
-                             autoencoder)
+        final = save_samples(ema, weak_ema, diffusion, cfg, bf16,
+                             out_dir / "samples" / "final.png", autoencoder)
         print(f"samples: {final}")
         print(f"loss curve: {out_dir / 'loss.png'}; log: {out_dir / 'log.csv'}")
         return 0

@@ -27,17 +27,23 @@ def run_train(flags: list[str]) -> int:
     return run_script("train.py", flags)
 
 
-def load_model(path: str | Path, device="cpu"):
-    """(EMA model in eval mode, config) of a checkpoint, rebuilt from its stored config exactly as
-    inference.py does it."""
+def load_model(path: str | Path, device="cpu", **sample):
+    """(the model to sample with, config) of a checkpoint, rebuilt from its stored config exactly
+    as inference.py does it (dit.load_ema): the EMA weights in eval mode, guided away from the
+    checkpoint's weak model when it keeps one. `sample` sets fields of the config's sampling
+    settings first, as inference.py's flags do (None keeps the checkpoint's): autoguide_scale=1.0
+    gives the plain EMA DiT."""
     from config import Config
-    from dit import DiT
-    from support.checkpoint import load_weights, read_checkpoint
+    from dit import load_ema
+    from support.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path)
     cfg = Config.from_dict(checkpoint["config"], source=path)
-    model = load_weights(DiT(cfg.model), checkpoint["ema"], path)
-    return model.to(device).eval(), cfg
+    for name, value in sample.items():
+        if value is not None:
+            setattr(cfg.sample, name, value)
+    cfg.sample.check(cfg.diffusion.num_timesteps)
+    return load_ema(checkpoint, cfg, path, device)[1], cfg
 
 
 class MnistJudge:

@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "elsewhere (Kynkaanniemi et al. 2024; default: guidance at every t)")
     p.add_argument("--autoguide", metavar="CHECKPOINT", default=None,
                    help="a weaker model of the same data (fewer steps, or smaller) to guide away "
-                        "from, as Karras et al. 2024 do (class 'Autoguided'; default: none)")
+                        "from, as Karras et al. 2024 do (dit.Autoguided; default: the "
+                        "checkpoint's own early EMA, if it keeps one)")
     p.add_argument("--autoguide-scale", type=float, default=None,
-                   help="W of --autoguide: 1 = no autoguidance (default: 1.5)")
+                   help="autoguidance W: 1 = none (default: the checkpoint's)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's noise: 0 = deterministic, as the other samplers, so the study "
                         "compares the ODE samplers; 1 = the default sampling (default: 0)")
@@ -105,39 +106,11 @@ class GuidedInInterval:
         return self.model.forward_with_cfg(x, t, y, cfg_scale if inside else 1.0)
 
 
-class Autoguided:
-    """A model guided away from a weaker version of itself (Karras et al. 2024, "Guiding a
-    diffusion model with a bad version of itself"), on top of classifier-free guidance:
-
-        eps = eps_cfg(x, t, y) + (W - 1) (eps(x, t, y) - eps_weak(x, t, y))
-
-    eps_cfg is the model's guided prediction (DiT.forward_with_cfg) and eps_weak the weaker
-    model's conditional one. With cfg_scale 1 it is Karras et al.'s eps_weak + W (eps - eps_weak).
-    Classifier-free guidance pushes away from the unconditional model, and so towards the label's
-    commonest shapes; this pushes away from the errors the weaker model makes more of (malformed
-    strokes, a digit that reads as another), and both predictions are for the same label."""
-
-    def __init__(self, model, weak, scale: float):
-        self.model, self.weak, self.scale = model, weak, scale
-
-    def forward_with_cfg(self, x, t, y, cfg_scale: float):
-        import torch
-
-        if cfg_scale == 1.0:
-            eps_cfg = eps_cond = self.model(x, t, y)
-        else:  # both halves in one pass, as forward_with_cfg does, keeping the conditional one
-            null = torch.full_like(y, self.model.config.num_classes)
-            eps_cond, eps_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
-                                              torch.cat([y, null])).chunk(2)
-            eps_cfg = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
-        return eps_cfg + (self.scale - 1) * (eps_cond - self.weak(x, t, y))
-
-
 def load_weak_model(path: str, cfg, device):
     """The --autoguide model, which must denoise the same images on the same noise schedule."""
     from support.cli import UserError
 
-    weak, weak_cfg = load_model(path, device)
+    weak, weak_cfg = load_model(path, device, autoguide_scale=1.0)  # its plain EMA
     task = [(c.model.image_size, c.model.in_channels, c.model.num_classes, c.autoencoder is None,
              c.diffusion) for c in (weak_cfg, cfg)]
     if task[0] != task[1]:
@@ -152,6 +125,7 @@ def sweep(args: argparse.Namespace) -> Path:
     import torch
 
     from diffusion import GaussianDiffusion
+    from dit import Autoguided, with_autoguidance
     from support.checkpoint import outputs_dir
     from support.cli import UserError, out_of_memory_as_error, pick_device, use_bf16
     from support.frechet import check_enough_images
@@ -160,9 +134,8 @@ def sweep(args: argparse.Namespace) -> Path:
 
     device = pick_device(args.device)
     checkpoint = Path(args.checkpoint)
-    model, cfg = load_model(checkpoint, device)
-    if args.cfg_scale is not None:  # else the checkpoint's
-        cfg.sample.cfg_scale = args.cfg_scale
+    model, cfg = load_model(checkpoint, device, cfg_scale=args.cfg_scale,  # None: the checkpoint's
+                            autoguide_scale=args.autoguide_scale)
     classes, T = cfg.model.num_classes, cfg.diffusion.num_timesteps
     if args.num <= 0 or args.num % classes:
         raise UserError(f"--num must be a positive multiple of {classes}, so that every digit gets "
@@ -178,16 +151,16 @@ def sweep(args: argparse.Namespace) -> Path:
     if not 0 <= interval[0] <= interval[1] <= T - 1:
         raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= "
                         f"{T - 1}, got {interval[0]} {interval[1]}")
-    sampled, autoguide_scale = model, 1.0  # 1: no autoguidance
-    if args.autoguide is None and args.autoguide_scale is not None:
-        raise UserError("--autoguide-scale needs --autoguide CHECKPOINT, the weaker model to "
-                        "guide away from")
-    if args.autoguide is not None:  # the interval, if any, bounds classifier-free guidance only
-        autoguide_scale = 1.5 if args.autoguide_scale is None else args.autoguide_scale
-        if autoguide_scale < 0:
-            raise UserError(f"--autoguide-scale must be 0 or more (1 = none), got "
-                            f"{autoguide_scale}")
-        sampled = Autoguided(model, load_weak_model(args.autoguide, cfg, device), autoguide_scale)
+    if args.autoguide is not None:  # another weak model than the checkpoint's own
+        ema = model.model if isinstance(model, Autoguided) else model
+        model = with_autoguidance(ema, load_weak_model(args.autoguide, cfg, device),
+                                  cfg.sample.autoguide_scale)
+    elif args.autoguide_scale not in (None, 1.0) and not isinstance(model, Autoguided):
+        raise UserError(f"--autoguide-scale: {checkpoint} keeps no weak model to guide away from; "
+                        "pass one with --autoguide CHECKPOINT")
+    autoguide_scale = cfg.sample.autoguide_scale if isinstance(model, Autoguided) else 1.0
+    weak_name = (args.autoguide or "its own early EMA") if autoguide_scale != 1.0 else ""
+    sampled = model  # the interval, if any, bounds classifier-free guidance only
     if args.guidance_interval is not None:
         sampled = GuidedInInterval(sampled, *interval)
     runs = [(sampler, T if sampler == "ddpm" else steps) for sampler in args.samplers
@@ -200,7 +173,7 @@ def sweep(args: argparse.Namespace) -> Path:
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
-    autoguided = f", autoguidance {autoguide_scale} from {args.autoguide}" if args.autoguide else ""
+    autoguided = f", autoguidance {autoguide_scale} from {weak_name}" if weak_name else ""
     print(f"device: {device} | sampler study on {checkpoint}: {args.num} images per row, guidance "
           f"{cfg.sample.cfg_scale} for t in [{interval[0]}, {interval[1]}]{autoguided}, seed "
           f"{' '.join(map(str, args.seeds))}, bf16 {'on' if bf16 else 'off'}")
@@ -231,7 +204,7 @@ def sweep(args: argparse.Namespace) -> Path:
                      "guidance_t_min": interval[0], "guidance_t_max": interval[1],
                      "seeds": " ".join(map(str, args.seeds)),
                      "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws),
-                     "autoguide": args.autoguide or "",
+                     "autoguide": weak_name,
                      "autoguide_scale": autoguide_scale})
         mean = "mean: " if len(args.seeds) > 1 else ""
         print(f"{sampler:>13} {steps:>5} steps: {mean}{score_line(scores)}  {seconds:7.1f} s",

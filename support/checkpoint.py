@@ -9,11 +9,16 @@ Python types:
      "step", "epoch", "train_seconds", "rng": one RNG state per process, "log_window": per
      process the [sum of losses, steps] since the last log row, "world_size", "bf16"}
 
+and, from a fifth of the way through the run (TrainConfig.weak_model_at), "weak_ema": the EMA's
+state dict as it was at step "weak_ema_step", the weak model that autoguidance guides away from
+(dit.Autoguided).
+
 A latent model (the `latent` preset) also carries "autoencoder", the state dict of its first stage
 with the scale factor, so that its samples can be decoded to pixels (autoencoder.py reads it).
 
 The shipped weights (`ship_weights`, pretrained/model.pth) keep only {"ema" in half precision,
-"config", "step", "source"}: enough to sample. Either way `torch.load(..., weights_only=True)`
+"config", "step", "source"} and the weak model ("weak_ema" in half precision, "weak_ema_step"):
+enough to sample. Either way `torch.load(..., weights_only=True)`
 reads it without running any pickled code, and the script rebuilds the model from the stored
 config (nanoGPT's `GPTConfig(**checkpoint['model_args'])`): no script retypes a hyperparameter.
 """
@@ -146,14 +151,21 @@ def load_weights(module, state: dict, path: str | Path):
     return module
 
 
+def _half(state: dict) -> dict:
+    """A state dict with its floating-point tensors in half precision."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
     """The EMA weights of a training checkpoint in half precision, with its config and step and a
     note of where they came from (`source`: the commit and command), written atomically to `out`:
     what a reader needs to sample, at a quarter of the checkpoint's size (no raw weights, no
     optimiser moments). Returns the dict written."""
     ckpt = read_checkpoint(path, with_training_state=True)
-    shipped = {"ema": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()},
-               "config": ckpt["config"], "step": ckpt["step"], "source": source}
+    shipped = {"ema": _half(ckpt["ema"]), "config": ckpt["config"], "step": ckpt["step"],
+               "source": source}
+    if "weak_ema" in ckpt:  # autoguidance's weak model
+        shipped["weak_ema"], shipped["weak_ema_step"] = _half(ckpt["weak_ema"]), ckpt["weak_ema_step"]
     if "autoencoder" in ckpt:  # a latent model's decoder, kept in float32
         shipped["autoencoder"] = ckpt["autoencoder"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,8 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "eval_every": "steps between held-out losses (and one at the end)",
     "sample_every": "steps between sample grids (0 = each epoch)",
     "checkpoint_every": "steps between checkpoints",
+    "weak_model_at": "keep the EMA at this fraction of the run as autoguidance's weak model "
+                     "(0 = none)",
     "keep_every": "also keep every K-th step's checkpoint, as step_0003000.pth for step 3000 "
                   "(0 = only the latest; --overwrite leaves an earlier run's kept files)",
 }

@@ -67,6 +67,18 @@ def load_model(path, device="cpu", use_ema=True):
     return model.to(device).eval(), cfg
 
 
+def load_sampling_model(path, device="cpu"):
+    """(the model inference.py samples with, Config): the EMA DiT, guided away from the weak
+    model when the checkpoint keeps one (dit.load_ema)."""
+    from config import Config
+    from dit import load_ema
+    from support.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    cfg = Config.from_dict(checkpoint["config"], source=path)
+    return load_ema(checkpoint, cfg, path, device)[1], cfg
+
+
 def load_autoencoder(path, cfg, device="cpu"):
     """The decoder of a latent model's checkpoint (None for pixels), as inference.py reads it."""
     from autoencoder import autoencoder_of

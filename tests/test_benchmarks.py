@@ -201,7 +201,8 @@ def test_levers_rejects_bad_sizes_before_training(argv, message, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A tiny fake MNIST with its classifier, and a tiny model trained for 2 steps on it."""
+    """A tiny fake MNIST with its classifier, and a tiny model trained for 5 steps on it (its
+    weak model for autoguidance is the EMA at step 1, a fifth of the run)."""
     import train
     from dataset import load_mnist
     from helpers import write_tiny_mnist
@@ -210,7 +211,7 @@ def tiny_checkpoint(tmp_path_factory):
     data = write_tiny_mnist(tmp_path_factory.mktemp("tiny"), n_train=64, n_test=150)
     load_classifier(data, load_mnist, "cpu", progress=False)
     out = tmp_path_factory.mktemp("run")
-    assert train.main(["--preset", "tiny", "--max-steps", "2", "--out-dir", str(out),
+    assert train.main(["--preset", "tiny", "--max-steps", "5", "--out-dir", str(out),
                        "--data-dir", str(data)]) == 0
     return out / "model.pth", data
 
@@ -242,9 +243,9 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
-        assert r.split(",")[10:13] == ["1.6", "0", "999"]  # the tiny preset's guidance, every t
+        assert r.split(",")[10:13] == ["1.3", "0", "999"]  # the tiny preset's guidance, every t
         assert r.split(",")[13] == "0" and float(r.split(",")[14]) == float(r.split(",")[3])
-        assert r.split(",")[15:] == ["", "1.0"]  # no autoguidance
+        assert r.split(",")[15:] == ["its own early EMA", "1.3"]  # the checkpoint's autoguidance
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 
@@ -307,13 +308,13 @@ def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_p
     from dit import DiT
 
     calls = []  # (t, scale) of every guided noise prediction the study asks the network for
-    original = DiT.forward_with_cfg
+    original = DiT.cfg_predictions  # with or without autoguidance, each step's guided pass
 
     def recorded(self, x, t, y, cfg_scale):
         calls.append((int(t[0]), cfg_scale))
         return original(self, x, t, y, cfg_scale)
 
-    monkeypatch.setattr(DiT, "forward_with_cfg", recorded)
+    monkeypatch.setattr(DiT, "cfg_predictions", recorded)
     checkpoint, data = tiny_checkpoint
     out = tmp_path / "sweep.csv"
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
@@ -326,51 +327,21 @@ def test_sampler_study_guides_in_the_interval_it_is_given(tiny_checkpoint, tmp_p
     assert sorted(set(calls)) == [(0, 1.0), (333, 2.5), (666, 2.5), (999, 1.0)]
 
 
-def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction():
-    import torch
-
-    from config import ModelConfig
-    from dit import DiT
-    from sampler_study import Autoguided
-
-    def random_dit(seed):
-        torch.manual_seed(seed)
-        model = DiT(ModelConfig(patch_size=7, hidden_size=32, depth=2, num_heads=2)).eval()
-        for p in model.parameters():  # adaLN-Zero starts at zero: make the label matter
-            torch.nn.init.normal_(p, std=0.1)
-        return model
-
-    model, weak = random_dit(0), random_dit(1)
-    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([500] * 3), torch.tensor([1, 5, 7])
-    with torch.no_grad():
-        cond, uncond, bad = model(x, t, y), model(x, t, torch.full_like(y, 10)), weak(x, t, y)
-        # Karras et al.'s form without classifier-free guidance: eps_weak + W (eps - eps_weak)
-        got = Autoguided(model, weak, 2.5).forward_with_cfg(x, t, y, 1.0)
-        assert torch.allclose(got, bad + 2.5 * (cond - bad), atol=1e-5)
-        # on top of classifier-free guidance, each guidance adds its own difference
-        got = Autoguided(model, weak, 1.5).forward_with_cfg(x, t, y, 2.0)
-        want = uncond + 2.0 * (cond - uncond) + 0.5 * (cond - bad)
-        assert torch.allclose(got, want, atol=1e-5)
-        assert not torch.allclose(got, model.forward_with_cfg(x, t, y, 2.0), atol=1e-3)
-        # W = 1 is classifier-free guidance alone
-        assert torch.allclose(Autoguided(model, weak, 1.0).forward_with_cfg(x, t, y, 2.0),
-                              model.forward_with_cfg(x, t, y, 2.0), atol=1e-5)
-
-
-def test_sampler_study_autoguides_with_the_weaker_checkpoint(tiny_checkpoint, tmp_path,
-                                                             monkeypatch):
+def test_sampler_study_autoguides_as_the_checkpoint_says_or_as_asked(tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
     import csv
 
     import sampler_study
+    from dit import Autoguided
 
     autoguided_calls = []
-    original = sampler_study.Autoguided.forward_with_cfg
+    original = Autoguided.forward_with_cfg
 
     def recorded(self, x, t, y, cfg_scale):
         autoguided_calls.append((int(t[0]), self.scale, cfg_scale))
         return original(self, x, t, y, cfg_scale)
 
-    monkeypatch.setattr(sampler_study.Autoguided, "forward_with_cfg", recorded)
+    monkeypatch.setattr(Autoguided, "forward_with_cfg", recorded)
     checkpoint, data = tiny_checkpoint
 
     def study(name, *extra):
@@ -382,18 +353,24 @@ def test_sampler_study_autoguides_with_the_weaker_checkpoint(tiny_checkpoint, tm
         with open(out) as f:
             return next(csv.DictReader(f))
 
-    plain = study("plain")
+    plain = study("plain", "--autoguide-scale", "1")
+    assert (plain["autoguide"], plain["autoguide_scale"]) == ("", "1.0")
+    assert autoguided_calls == []
+    # by default, away from the checkpoint's own weak model with its W and guidance (1.3 and 1.3):
+    # each of DDIM-3's steps, for both batches of 100 and 30, went through the autoguided
+    # prediction, and the digits differ from the plain model's
+    own = study("own")
+    assert (own["autoguide"], own["autoguide_scale"]) == ("its own early EMA", "1.3")
+    assert len(autoguided_calls) == 2 * 3
+    assert {(s, g) for _, s, g in autoguided_calls} == {(1.3, 1.3)}
+    assert float(own["mnist_fd"]) != pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
     # the model as its own weaker version: eps_cfg + (W - 1) * 0, the same digits as without
     same = study("self", "--autoguide", str(checkpoint), "--autoguide-scale", "3")
     assert (same["autoguide"], same["autoguide_scale"]) == (str(checkpoint), "3.0")
     assert float(same["mnist_fd"]) == pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
-    # each of DDIM-3's steps, for both batches of 100 and 30, went through the autoguided
-    # prediction, at the checkpoint's guidance 1.6
-    assert len(autoguided_calls) == 2 * 3
-    assert {(s, g) for _, s, g in autoguided_calls} == {(3.0, 1.6)}
     # a model guided away from an untrained one of the same shape draws other digits
     other = study("weak", "--autoguide", str(untrained_checkpoint(checkpoint, tmp_path)))
-    assert other["autoguide_scale"] == "1.5"
+    assert other["autoguide_scale"] == "1.3"
     assert float(other["mnist_fd"]) != pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
 
 
@@ -407,13 +384,14 @@ def untrained_checkpoint(checkpoint, tmp_path, **diffusion):
     ckpt["ema"] = {k: torch.randn_like(v) * 0.1 if v.is_floating_point() else v
                    for k, v in ckpt["ema"].items()}
     ckpt["config"]["diffusion"].update(diffusion)
+    del ckpt["weak_ema"], ckpt["weak_ema_step"]  # it keeps no weak model of its own
     path = tmp_path / "untrained.pth"
     torch.save(ckpt, path)
     return path
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--autoguide-scale", "2"], "--autoguide-scale needs --autoguide CHECKPOINT"),
+    (["--checkpoint", "NO_WEAK", "--autoguide-scale", "2"], "keeps no weak model"),
     (["--autoguide", "CKPT", "--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
     (["--autoguide", "OTHER_T"], "is not a model of the same images and noise schedule"),
 ])
@@ -425,6 +403,8 @@ def test_sampler_study_rejects_bad_autoguidance(tiny_checkpoint, argv, message, 
     if "OTHER_T" in argv:
         argv[argv.index("OTHER_T")] = str(untrained_checkpoint(checkpoint, tmp_path,
                                                                num_timesteps=500))
+    if "NO_WEAK" in argv:
+        argv[argv.index("NO_WEAK")] = str(untrained_checkpoint(checkpoint, tmp_path))
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data), *argv])
     assert status == 1 and message in capsys.readouterr().err
 

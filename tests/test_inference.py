@@ -91,6 +91,30 @@ def test_eta_is_printed_for_ddim_only(checkpoint, tmp_path, capsys):
         assert f"{sampler} with 2 steps, guidance" in out and ", eta " not in out
 
 
+def test_autoguidance_follows_the_checkpoint_unless_a_flag_changes_it(checkpoint, tmp_path, capsys):
+    def grid(*flags, ckpt=checkpoint):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert inference.main(["--checkpoint", str(ckpt), "--steps", "3", "--per-row", "2",
+                               "--output", str(out), *flags]) == 0
+        return out.read_bytes(), capsys.readouterr().out
+
+    own, said = grid()  # the tiny preset's W 1.3, away from the EMA at a fifth of its 8 steps
+    assert "guidance 1.3, autoguidance 1.3 (from the EMA at step 2)" in said
+    plain, said = grid("--autoguide-scale", "1")
+    assert "autoguidance 1" not in said and plain != own
+    more, said = grid("--autoguide-scale", "2")
+    assert "autoguidance 2.0" in said and more not in (own, plain)
+    # a checkpoint without a weak model (an earlier version's) samples without autoguidance,
+    # and asking for it is refused
+    ckpt = torch.load(checkpoint, weights_only=True)
+    del ckpt["weak_ema"], ckpt["weak_ema_step"]
+    torch.save(ckpt, tmp_path / "no_weak.pth")
+    assert grid(ckpt=tmp_path / "no_weak.pth")[0] == plain
+    assert inference.main(["--checkpoint", str(tmp_path / "no_weak.pth"),
+                           "--autoguide-scale", "2"]) == 1
+    assert "keeps no weak model to guide away from" in capsys.readouterr().err
+
+
 def test_help_lists_no_empty_defaults(capsys):
     with pytest.raises(SystemExit):
         inference.main(["--help"])
@@ -222,6 +246,7 @@ def test_model_rebuilt_from_checkpoint_config(checkpoint):
     (["--cfg-scale", "-2"], "--cfg-scale must be 0 or more"),
     (["--eta", "-0.5"], "--eta must be between 0 and 1, got -0.5"),
     (["--eta", "1.5"], "--eta must be between 0 and 1, got 1.5"),
+    (["--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
 ])
 def test_bad_sampling_flags(checkpoint, capsys, flags, message):
     assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1

@@ -16,7 +16,7 @@ from dataset import load_mnist, resolve_data_dir, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
 from dit_block import modulate
-from helpers import load_model, write_tiny_mnist
+from helpers import load_model, load_sampling_model, write_tiny_mnist
 from support.checkpoint import read_log, write_log
 from support.mnist_classifier import classify, load_classifier
 from support.sampling import class_labels, generate
@@ -183,9 +183,11 @@ SHIPPED = Path(__file__).resolve().parent.parent / "pretrained" / "model.pth"
 
 def test_shipped_weights_are_small_plain_and_load_with_weights_only():
     ckpt = torch.load(SHIPPED, weights_only=True)  # tensors and plain types only
-    assert set(ckpt) == {"ema", "config", "step", "source"}
+    assert set(ckpt) == {"ema", "config", "step", "source", "weak_ema", "weak_ema_step"}
     assert SHIPPED.stat().st_size <= 3.2e6
-    assert all(v.dtype == torch.float16 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert ckpt["weak_ema_step"] == ckpt["step"] // 5  # autoguidance's weak model, a fifth in
+    for weights in (ckpt["ema"], ckpt["weak_ema"]):
+        assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     assert ckpt["config"]["preset"] == "cpu" and "commit" in ckpt["source"]
     model, cfg = load_model(SHIPPED)
     assert next(model.parameters()).dtype == torch.float32  # widened on loading
@@ -201,7 +203,7 @@ def test_shipped_weights_are_small_plain_and_load_with_weights_only():
 def test_shipped_weights_draw_the_digits_asked_for():
     """100 samples (10 of each digit, the checkpoint's sampler) read by the MNIST classifier as
     the digit asked for, nearly all of them (the default scores about 0.98 on 1,000)."""
-    model, cfg = load_model(SHIPPED)
+    model, cfg = load_sampling_model(SHIPPED)  # with its autoguidance, as inference.py samples
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(cfg.model.num_classes, 10)
     images = generate(model, diffusion, labels, cfg, torch.Generator().manual_seed(0))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from config import ModelConfig, get_preset
-from dit import DiT, FinalLayer, LabelEmbedder, patchify, sincos_pos_embed_2d, unpatchify
+from dit import (Autoguided, DiT, FinalLayer, LabelEmbedder, patchify, sincos_pos_embed_2d,
+                 unpatchify, with_autoguidance)
 from dit_block import DiTBlock, modulate
 from time_emb import TimestepEmbedder, timestep_embedding
 
@@ -233,6 +234,40 @@ def test_guidance_equals_formula_from_two_separate_passes(s):
     expected = eps_null + s * (eps_y - eps_null)
     assert (eps_y - eps_null).abs().max() > 0.1  # the label matters, so a wrong mix would show
     assert (guided - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 2.0])
+def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction(s):
+    """Autoguidance adds (W - 1) (eps_y - eps_weak,y) to classifier-free guidance's eps, each
+    term from its own separate pass; with s = 1 it is Karras et al.'s eps_weak + W (eps - eps_weak)."""
+    model = randomize(small_model()).eval()
+    weak = randomize(small_model(), std=0.25).eval()  # other weights: randomize's draw, scaled
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    t, y = torch.tensor([3, 250, 600, 999]), torch.tensor([7, 0, 9, 2])
+    with torch.no_grad():
+        eps_y, eps_null, eps_weak = model(x, t, y), model(x, t, torch.full_like(y, 10)), weak(x, t, y)
+        got = Autoguided(model, weak, 2.5).forward_with_cfg(x, t, y, s)
+        plain = with_autoguidance(model, weak, 1.0).forward_with_cfg(x, t, y, s)
+        alone = with_autoguidance(model, None, 2.5).forward_with_cfg(x, t, y, s)
+    expected = eps_null + s * (eps_y - eps_null) + 1.5 * (eps_y - eps_weak)
+    assert (eps_y - eps_weak).abs().max() > 0.1  # the weak model differs, so a wrong sum would show
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+    if s == 1.0:
+        assert torch.allclose(got, eps_weak + 2.5 * (eps_y - eps_weak), atol=1e-4)
+    # W = 1, or no weak model, is classifier-free guidance alone
+    guided = model.forward_with_cfg(x, t, y, s)
+    assert torch.equal(plain, guided) and torch.equal(alone, guided)
+    assert (got - guided).abs().max() > 0.1
+
+
+def test_cfg_predictions_returns_the_guided_and_the_conditional_eps():
+    model = randomize(small_model()).eval()
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([5, 500, 900]), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        for s in [1.0, 2.0]:
+            guided, cond = model.cfg_predictions(x, t, y, s)
+            assert torch.allclose(cond, model(x, t, y), atol=1e-5)
+            assert torch.allclose(guided, model.forward_with_cfg(x, t, y, s), atol=1e-5)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])

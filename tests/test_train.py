@@ -18,7 +18,7 @@ import train
 from config import get_preset
 from diffusion import GaussianDiffusion
 from helpers import load_model, train_config, write_tiny_mnist
-from support.checkpoint import read_checkpoint
+from support.checkpoint import read_checkpoint, ship_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,34 @@ def test_keep_every_keeps_those_steps_checkpoints_beside_the_latest(tiny_data, t
     assert final["step"] == 5
 
 
+def test_the_checkpoint_keeps_the_ema_of_a_fifth_of_the_run_as_the_weak_model(tiny_data, tmp_path):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "10", "--keep-every", "2") == 0
+    final = torch.load(tmp_path / "model.pth", weights_only=True)
+    at_two = torch.load(tmp_path / "step_0000002.pth", weights_only=True)
+    assert at_two["weak_ema_step"] == final["weak_ema_step"] == 2  # a fifth of 10 steps
+    for name, tensor in at_two["ema"].items():  # the EMA as it was at step 2, kept unchanged
+        assert torch.equal(final["weak_ema"][name], tensor), name
+    assert not torch.equal(final["weak_ema"]["final_layer.linear.weight"],
+                           final["ema"]["final_layer.linear.weight"])
+    # a run stopped before that step keeps it when resumed, as if never stopped
+    assert run_train(tiny_data, tmp_path / "split", "--max-steps", "1") == 0
+    assert "weak_ema" not in torch.load(tmp_path / "split" / "model.pth", weights_only=True)
+    assert run_train(tiny_data, tmp_path / "split", "--max-steps", "10", "--resume") == 0
+    resumed = torch.load(tmp_path / "split" / "model.pth", weights_only=True)
+    assert resumed["weak_ema_step"] == 2
+    for name, tensor in final["weak_ema"].items():
+        assert torch.equal(resumed["weak_ema"][name], tensor), name
+    # the shipped weights keep it, in half precision as the EMA
+    shipped = ship_weights(tmp_path / "model.pth", tmp_path / "shipped.pth", source="test")
+    assert set(shipped) == {"ema", "config", "step", "source", "weak_ema", "weak_ema_step"}
+    assert shipped["weak_ema_step"] == 2
+    assert torch.equal(shipped["weak_ema"]["final_layer.linear.weight"],
+                       final["weak_ema"]["final_layer.linear.weight"].half())
+    # --weak-model-at 0 keeps none
+    assert run_train(tiny_data, tmp_path / "none", "--max-steps", "4", "--weak-model-at", "0") == 0
+    assert "weak_ema" not in torch.load(tmp_path / "none" / "model.pth", weights_only=True)
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_train(tiny_data, straight, "--max-steps", "7") == 0
@@ -81,7 +109,8 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     a = torch.load(straight / "model.pth", weights_only=True)
     b = torch.load(split / "model.pth", weights_only=True)
     assert b["step"] == 7
-    for key in ["model", "ema"]:
+    assert a["weak_ema_step"] == b["weak_ema_step"] == 1  # round(0.2 * 7), before the stop
+    for key in ["model", "ema", "weak_ema"]:
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
