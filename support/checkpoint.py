@@ -165,7 +165,8 @@ def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
     shipped = {"ema": _half(ckpt["ema"]), "config": ckpt["config"], "step": ckpt["step"],
                "source": source}
     if "weak_ema" in ckpt:  # autoguidance's weak model
-        shipped["weak_ema"], shipped["weak_ema_step"] = _half(ckpt["weak_ema"]), ckpt["weak_ema_step"]
+        shipped["weak_ema"] = _half(ckpt["weak_ema"])
+        shipped["weak_ema_step"] = ckpt["weak_ema_step"]
     if "autoencoder" in ckpt:  # a latent model's decoder, kept in float32
         shipped["autoencoder"] = ckpt["autoencoder"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)

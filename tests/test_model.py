@@ -239,13 +239,15 @@ def test_guidance_equals_formula_from_two_separate_passes(s):
 @pytest.mark.parametrize("s", [0.0, 1.0, 2.0])
 def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction(s):
     """Autoguidance adds (W - 1) (eps_y - eps_weak,y) to classifier-free guidance's eps, each
-    term from its own separate pass; with s = 1 it is Karras et al.'s eps_weak + W (eps - eps_weak)."""
+    term from its own separate pass; with s = 1 it is Karras et al.'s
+    eps_weak + W (eps - eps_weak)."""
     model = randomize(small_model()).eval()
     weak = randomize(small_model(), std=0.25).eval()  # other weights: randomize's draw, scaled
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     t, y = torch.tensor([3, 250, 600, 999]), torch.tensor([7, 0, 9, 2])
     with torch.no_grad():
-        eps_y, eps_null, eps_weak = model(x, t, y), model(x, t, torch.full_like(y, 10)), weak(x, t, y)
+        eps_y, eps_weak = model(x, t, y), weak(x, t, y)
+        eps_null = model(x, t, torch.full_like(y, 10))
         got = Autoguided(model, weak, 2.5).forward_with_cfg(x, t, y, s)
         plain = with_autoguidance(model, weak, 1.0).forward_with_cfg(x, t, y, s)
         alone = with_autoguidance(model, None, 2.5).forward_with_cfg(x, t, y, s)
