@@ -107,9 +107,9 @@ class TrainConfig:
     #                          follows the weights instead of staying near the random start
     # min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE. Each t's MSE is weighted by
     # min(SNR, gamma) / SNR, which steers effort from the clean steps to the noisy ones where the
-    # digit is decided. The paper's 5 drew digits of a class more alike; 1 weights the noisy steps
-    # further and, with autoguidance, scored best at equal class accuracy ("Variety and the
-    # default")
+    # digit is decided. 1 instead of the paper's 5 weights the noisy steps further: alone it drew
+    # digits a little more alike, but with autoguidance it scored best at equal class accuracy
+    # ("Variety and the default")
     min_snr_gamma: float = 1.0
     seed: int = 0  # one seed for weights, batches and noise: runs are reproducible
     log_every: int = 50  # steps between rows of the loss log
@@ -121,9 +121,9 @@ class TrainConfig:
     #                      as step_0003000.pth: earlier weights to compare the final ones with, or
     #                      to guide away from (benchmarks/sampler_study.py --autoguide)
     # Autoguidance's weak model (SampleConfig.autoguide_scale): the checkpoint keeps a copy of the
-    # EMA as it was at this fraction of the run (step 3,000 of the default's 15,000), free in
-    # training time. The EMA at a tenth, three tenths or two fifths of the run guided worse
-    # ("Variety and the default"). 0 = keep none
+    # EMA as it was at this fraction of the run (step 2,998 of the default's 14,992), free in
+    # training time. The EMA at a tenth or two fifths of the run guided worse, at three tenths no
+    # better ("Variety and the default"). 0 = keep none
     weak_model_at: float = 0.2
 
     def check(self) -> None:
@@ -180,8 +180,9 @@ class SampleConfig:
     # DDIM's noise (Song et al. 2021, Eq. 16): 0 = deterministic, 1 = fresh noise at each step as
     # in DDPM. Fresh noise lets later steps correct some of the earlier steps' errors: with eta 0
     # the strokes were grainy and broken at the patch borders. At 1 it also acts as extra
-    # guidance and makes the digits alike; 0.7 kept the strokes smooth and scored best at equal
-    # class accuracy ("Variety and the default", the sampler table)
+    # guidance. With classifier-free guidance alone, 0.7 kept the strokes smooth and scored best
+    # at equal class accuracy; with autoguidance, eta 1 at less guidance scored within the noise
+    # of it ("Variety and the default")
     eta: float = 0.7
     cfg_scale: float = 1.3  # classifier-free guidance; 1 = plain conditional model. More guidance
     #                         reads as the right digit more often but makes the digits alike, which

@@ -236,6 +236,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     sample_every = cfg.train.sample_every or steps_per_epoch
     if weak_ema is None:  # 0 with weak_model_at 0: no step is 0, so none is kept
         weak_step = round(cfg.train.weak_model_at * total_steps)
+        if weak_step <= step:  # a resumed run already past it (an earlier version's, or longer)
+            weak_step = 0
 
     train_model = model  # what the step calls; DDP and torch.compile wrap the same parameters
     if procs.world_size > 1:

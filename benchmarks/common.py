@@ -27,12 +27,12 @@ def run_train(flags: list[str]) -> int:
     return run_script("train.py", flags)
 
 
-def load_model(path: str | Path, device="cpu", **sample):
+def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample):
     """(the model to sample with, config) of a checkpoint, rebuilt from its stored config exactly
     as inference.py does it (dit.load_ema): the EMA weights in eval mode, guided away from the
-    checkpoint's weak model when it keeps one. `sample` sets fields of the config's sampling
-    settings first, as inference.py's flags do (None keeps the checkpoint's): autoguide_scale=1.0
-    gives the plain EMA DiT."""
+    checkpoint's weak model when it keeps one (with autoguided=False, the plain EMA DiT). `sample`
+    sets fields of the config's sampling settings first, as inference.py's flags do (None keeps
+    the checkpoint's)."""
     from config import Config
     from dit import load_ema
     from support.checkpoint import read_checkpoint
@@ -43,7 +43,17 @@ def load_model(path: str | Path, device="cpu", **sample):
         if value is not None:
             setattr(cfg.sample, name, value)
     cfg.sample.check(cfg.diffusion.num_timesteps)
-    return load_ema(checkpoint, cfg, path, device)[1], cfg
+    ema, model = load_ema(checkpoint, cfg, path, device)
+    return (model if autoguided else ema), cfg
+
+
+def guidance_label(model, cfg) -> str:
+    """How `model` (from load_model) guides, for a printed row: 'guidance 1.3, autoguidance 1.3',
+    or 'guidance 1.6' for a model that samples without autoguidance."""
+    from dit import Autoguided
+
+    auto = f", autoguidance {cfg.sample.autoguide_scale:g}" if isinstance(model, Autoguided) else ""
+    return f"guidance {cfg.sample.cfg_scale:g}{auto}"
 
 
 class MnistJudge:

@@ -31,10 +31,10 @@ import common  # beside this file in benchmarks/
 # name -> (train.py flags, what the row changes). The default first: every other row is read
 # against it and against "seed 1".
 LEVERS = {
-    "default": ([], "the default recipe (min-SNR-5, lr 6e-3 from the first step with cosine "
+    "default": ([], "the default recipe (min-SNR, lr 6e-3 from the first step with cosine "
                     "decay, EMA with warm-up)"),
     "seed 1": (["--seed", "1"], "the default with another training seed: the run-to-run spread"),
-    "no min-SNR": (["--min-snr-gamma", "0"], "plain noise MSE instead of min-SNR-5 weighting"),
+    "no min-SNR": (["--min-snr-gamma", "0"], "plain noise MSE instead of min-SNR weighting"),
     "lr warm-up": (["--warmup-steps", "200"], "the rate ramps up linearly over the first 200 steps"),
     "lr 2e-3": (["--lr", "2e-3"], "a third of the learning rate"),
     "lr 8e-3": (["--lr", "8e-3"], "4/3 of the learning rate"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import load_model  # beside this file in benchmarks/
+from common import guidance_label, load_model  # beside this file in benchmarks/
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "plms": 50, "dpm-solver++": 20}
 
@@ -48,8 +48,9 @@ def main() -> None:
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = torch.arange(args.num, device=device) % 10
     shape = (args.num, 1, cfg.model.image_size, cfg.model.image_size)
+    cfg.sample.cfg_scale = args.cfg_scale
     print(f"device: {device} | model: {'checkpoint ' + args.checkpoint if args.checkpoint else 'preset ' + args.preset} "
-          f"| {args.num} images per call | guidance {args.cfg_scale}")
+          f"| {args.num} images per call | {guidance_label(model, cfg)}")
     print(f"| {'sampler':<13} | {'steps':>5} | {'network evals':>13} | {'amp':<4} | {'seconds':>7} | "
           f"{'images/s':>8} |")
     print(f"|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 6}|{'-' * 9}|{'-' * 10}|")

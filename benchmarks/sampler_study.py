@@ -9,8 +9,9 @@ DDPM runs once, at all T steps (it has no other); DDIM, PLMS and DPM-Solver++ ru
 `--steps`. Every row samples the same `--num` digits (the same number of each, the same seed, so
 the same starting noise) with the checkpoint's guidance unless `--cfg-scale` is given (DDIM at
 `--eta`, 0 unless given, so that it is deterministic like PLMS and DPM-Solver++; with
-`--guidance-interval`, guided only for t inside it; with `--autoguide`, also guided away from a
-weaker model), times the sampling, and scores the images
+`--guidance-interval`, guided only for t inside it; guided away from the checkpoint's own early
+weights as `inference.py` samples, or from `--autoguide`'s model), times the sampling, and scores
+the images
 in memory with common.MnistJudge (MNIST-FD against the MNIST test set, and class accuracy). With
 several `--seed`s each row draws its digits once per seed and reports the mean, since 1,000 digits
 score a few MNIST-FD apart from one draw of the noise to the next (benchmarks/README.md, "Variety
@@ -110,7 +111,7 @@ def load_weak_model(path: str, cfg, device):
     """The --autoguide model, which must denoise the same images on the same noise schedule."""
     from support.cli import UserError
 
-    weak, weak_cfg = load_model(path, device, autoguide_scale=1.0)  # its plain EMA
+    weak, weak_cfg = load_model(path, device, autoguided=False)  # its plain EMA
     task = [(c.model.image_size, c.model.in_channels, c.model.num_classes, c.autoencoder is None,
              c.diffusion) for c in (weak_cfg, cfg)]
     if task[0] != task[1]:
@@ -134,8 +135,9 @@ def sweep(args: argparse.Namespace) -> Path:
 
     device = pick_device(args.device)
     checkpoint = Path(args.checkpoint)
-    model, cfg = load_model(checkpoint, device, cfg_scale=args.cfg_scale,  # None: the checkpoint's
-                            autoguide_scale=args.autoguide_scale)
+    # None keeps the checkpoint's settings; with --autoguide, the plain EMA, guided below
+    model, cfg = load_model(checkpoint, device, autoguided=args.autoguide is None,
+                            cfg_scale=args.cfg_scale, autoguide_scale=args.autoguide_scale)
     classes, T = cfg.model.num_classes, cfg.diffusion.num_timesteps
     if args.num <= 0 or args.num % classes:
         raise UserError(f"--num must be a positive multiple of {classes}, so that every digit gets "
@@ -152,8 +154,7 @@ def sweep(args: argparse.Namespace) -> Path:
         raise UserError(f"--guidance-interval must be two timesteps 0 <= T_MIN <= T_MAX <= "
                         f"{T - 1}, got {interval[0]} {interval[1]}")
     if args.autoguide is not None:  # another weak model than the checkpoint's own
-        ema = model.model if isinstance(model, Autoguided) else model
-        model = with_autoguidance(ema, load_weak_model(args.autoguide, cfg, device),
+        model = with_autoguidance(model, load_weak_model(args.autoguide, cfg, device),
                                   cfg.sample.autoguide_scale)
     elif args.autoguide_scale not in (None, 1.0) and not isinstance(model, Autoguided):
         raise UserError(f"--autoguide-scale: {checkpoint} keeps no weak model to guide away from; "

@@ -51,6 +51,7 @@ def run_one(name: str, budget_tflop: float, args, judge: MnistJudge) -> dict:
 
     from config import ModelConfig
     from diffusion import GaussianDiffusion
+    from dit import DiT
     from support.sampling import class_labels, generate
     from train_throughput import model_flops_per_image
 
@@ -74,7 +75,7 @@ def run_one(name: str, budget_tflop: float, args, judge: MnistJudge) -> dict:
     images = torch.cat([generate(model, diffusion, chunk, cfg, g) for chunk in labels.split(250)])
     scores = judge.score(images, labels)
     return {"shape": name, "patch": patch, "width": width, "depth": depth,
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": sum(p.numel() for p in DiT(cfg.model).parameters()),  # not the weak one
             "gflop_per_image": round(flops / 1e9, 5), "budget_tflop": budget_tflop,
             "steps": steps, "images": steps * batch, "total_gflop": round(steps * batch * flops / 1e9),
             "mnist_fd": round(scores["mnist_fd"], 2), "class_accuracy": round(scores["class_accuracy"], 4)}

@@ -2,8 +2,9 @@
 
     python benchmarks/ship_weights.py                    # runs/default -> pretrained/
 
-Writes pretrained/model.pth (checkpoint.ship_weights: EMA weights in float16, the config, the
-step and where they came from: the commit and the command) and copies the run's log.csv beside
+Writes pretrained/model.pth (checkpoint.ship_weights: EMA weights in float16, the weak model that
+autoguidance guides away from in float16 too, the config, the step and where they came from: the
+commit and the command) and copies the run's log.csv beside
 it, so that `python inference.py --checkpoint pretrained/model.pth` samples and `python
 figures.py` redraws every picture of the README without training first.
 """

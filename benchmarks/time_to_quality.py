@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MnistJudge, load_model, run_train  # beside this file in benchmarks/
+from common import MnistJudge, guidance_label, load_model, run_train  # beside this file in benchmarks/
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
         eta = f" eta {s.eta:g}" if s.sampler == "ddim" else ""  # DDIM alone takes eta
         rows.append((epochs, state["step"], state["step"] * cfg.train.batch_size,
                      state["train_seconds"], scores["mnist_fd"], scores["class_accuracy"], sample_sec,
-                     f"{s.sampler}-{s.steps}{eta}, guidance {s.cfg_scale:g}"))
+                     f"{s.sampler}-{s.steps}{eta}, {guidance_label(model, cfg)}"))
         print(f"{epochs} epochs: MNIST-FD {scores['mnist_fd']:.2f}, "
               f"class accuracy {scores['class_accuracy']:.3f}", flush=True)
 

@@ -157,10 +157,10 @@ def _half(state: dict) -> dict:
 
 
 def ship_weights(path: str | Path, out: str | Path, source: str) -> dict:
-    """The EMA weights of a training checkpoint in half precision, with its config and step and a
-    note of where they came from (`source`: the commit and command), written atomically to `out`:
-    what a reader needs to sample, at a quarter of the checkpoint's size (no raw weights, no
-    optimiser moments). Returns the dict written."""
+    """The EMA weights of a training checkpoint in half precision (and its weak model, if it keeps
+    one), with its config and step and a note of where they came from (`source`: the commit and
+    command), written atomically to `out`: what a reader needs to sample, without the raw weights
+    and the optimiser's moments. Returns the dict written."""
     ckpt = read_checkpoint(path, with_training_state=True)
     shipped = {"ema": _half(ckpt["ema"]), "config": ckpt["config"], "step": ckpt["step"],
                "source": source}

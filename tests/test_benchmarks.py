@@ -391,7 +391,7 @@ def untrained_checkpoint(checkpoint, tmp_path, **diffusion):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", "NO_WEAK", "--autoguide-scale", "2"], "keeps no weak model"),
+    (["--autoguide-scale", "2", "NO_WEAK"], "keeps no weak model"),
     (["--autoguide", "CKPT", "--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
     (["--autoguide", "OTHER_T"], "is not a model of the same images and noise schedule"),
 ])
@@ -403,8 +403,9 @@ def test_sampler_study_rejects_bad_autoguidance(tiny_checkpoint, argv, message, 
     if "OTHER_T" in argv:
         argv[argv.index("OTHER_T")] = str(untrained_checkpoint(checkpoint, tmp_path,
                                                                num_timesteps=500))
-    if "NO_WEAK" in argv:
-        argv[argv.index("NO_WEAK")] = str(untrained_checkpoint(checkpoint, tmp_path))
+    if "NO_WEAK" in argv:  # the study of a checkpoint that keeps no weak model
+        argv.remove("NO_WEAK")
+        checkpoint = untrained_checkpoint(checkpoint, tmp_path)
     status = sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data), *argv])
     assert status == 1 and message in capsys.readouterr().err
 

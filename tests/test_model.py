@@ -259,6 +259,9 @@ def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction(s):
     # W = 1, or no weak model, is classifier-free guidance alone
     guided = model.forward_with_cfg(x, t, y, s)
     assert torch.equal(plain, guided) and torch.equal(alone, guided)
+    with torch.no_grad():
+        unit = Autoguided(model, weak, 1.0).forward_with_cfg(x, t, y, s)
+    assert torch.allclose(unit, guided, atol=1e-5)
     assert (got - guided).abs().max() > 0.1
 
 

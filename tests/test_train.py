@@ -96,6 +96,14 @@ def test_the_checkpoint_keeps_the_ema_of_a_fifth_of_the_run_as_the_weak_model(ti
     assert shipped["weak_ema_step"] == 2
     assert torch.equal(shipped["weak_ema"]["final_layer.linear.weight"],
                        final["weak_ema"]["final_layer.linear.weight"].half())
+    # a run resumed past that step without one (an earlier version's) keeps none, rather than a
+    # later EMA under the weak model's name
+    older = torch.load(tmp_path / "split" / "model.pth", weights_only=True)
+    del older["weak_ema"], older["weak_ema_step"]
+    older["config"]["train"].pop("weak_model_at")
+    torch.save(older, tmp_path / "split" / "model.pth")
+    assert run_train(tiny_data, tmp_path / "split", "--max-steps", "12", "--resume") == 0
+    assert "weak_ema" not in torch.load(tmp_path / "split" / "model.pth", weights_only=True)
     # --weak-model-at 0 keeps none
     assert run_train(tiny_data, tmp_path / "none", "--max-steps", "4", "--weak-model-at", "0") == 0
     assert "weak_ema" not in torch.load(tmp_path / "none" / "model.pth", weights_only=True)
@@ -318,6 +326,9 @@ def test_torchrun_two_gloo_processes_stay_in_sync(tiny_data, tmp_path):
     assert "x 2 processes" in res.stdout
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+    assert ckpt["weak_ema_step"] == 1  # kept by the main process, a fifth of the way (rounded)
+    assert not torch.equal(ckpt["weak_ema"]["final_layer.linear.weight"],
+                           ckpt["ema"]["final_layer.linear.weight"])
 
 
 def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
