@@ -19,7 +19,8 @@ the alphas up to t. The papers count steps 1 .. T; the code indexes them 0 .. T-
 is the paper's step t + 1 and `alphas_cumprod[t] = prod(alphas[:t + 1])`.
 
 The samplers accept any `model` with a method `forward_with_cfg(x, t, y, cfg_scale) -> eps`
-(the DiT of dit.py has it), so tests can plug in an oracle that knows the answer.
+(the DiT of dit.py has it, and so has dit.Autoguided, the DiT with autoguidance), so tests can
+plug in an oracle that knows the answer.
 """
 
 from __future__ import annotations
