@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MnistJudge, guidance_label, load_model, run_train  # beside this file in benchmarks/
+from common import MnistJudge, guidance_label, load_model, run_train  # beside this file
 
 
 def main() -> None:
