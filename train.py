@@ -162,11 +162,13 @@ def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg
     return row
 
 
-def save_samples(ema: DiT, weak_ema: DiT | None, diffusion: GaussianDiffusion, cfg: Config,
-                 bf16: bool, path: Path, autoencoder: Autoencoder | None) -> Path:
+def save_samples(ema: DiT, diffusion: GaussianDiffusion, cfg: Config, bf16: bool, path: Path,
+                 autoencoder: Autoencoder | None, weak_ema: DiT | None = None) -> Path:
     """Ten EMA samples of each digit (row k = digit k) from the same noise every time, so that
-    the grids of successive epochs show the model learning; guided away from the weak model as
-    inference.py guides, once the run has kept one."""
+    the grids of successive epochs show the model learning. With the weak model (the final grid),
+    guided away from it as inference.py samples; the epochs' grids are the EMA's alone, the same
+    kind of picture before and after the weak model is kept, at two network passes per step
+    instead of three."""
     g = torch.Generator(next(ema.parameters()).device).manual_seed(cfg.train.seed)
     sampled = with_autoguidance(ema, weak_ema, cfg.sample.autoguide_scale)
     save_grid(sample_grid(sampled, diffusion, cfg, list(range(cfg.model.num_classes)), 10, g, bf16,
@@ -325,8 +327,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 if (step % sample_every == 0 and step != total_steps and not stop
                         and procs.is_main):
                     path = out_dir / "samples" / f"step_{step:07d}.png"
-                    save_samples(ema, weak_ema, diffusion, cfg, bf16, path, autoencoder)
-                    bar.write(f"samples at step {step}: {path}")
+                    bar.write(f"samples at step {step}: "
+                              f"{save_samples(ema, diffusion, cfg, bf16, path, autoencoder)}")
 
         # The end: every rank holds the same weights; the first one reports and draws.
         check_ranks_in_sync(model, procs)
@@ -342,8 +344,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             return stops.exit_status()
         if step < total_steps:
             print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
-        final = save_samples(ema, weak_ema, diffusion, cfg, bf16,
-                             out_dir / "samples" / "final.png", autoencoder)
+        final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png",
+                             autoencoder, weak_ema)
         print(f"samples: {final}")
         print(f"loss curve: {out_dir / 'loss.png'}; log: {out_dir / 'log.csv'}")
         return 0

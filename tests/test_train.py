@@ -109,6 +109,21 @@ def test_the_checkpoint_keeps_the_ema_of_a_fifth_of_the_run_as_the_weak_model(ti
     assert "weak_ema" not in torch.load(tmp_path / "none" / "model.pth", weights_only=True)
 
 
+def test_only_the_final_grid_is_guided_away_from_the_weak_model(tiny_data, tmp_path, monkeypatch):
+    weak_models = []  # the weak model each grid was drawn with (None: the EMA alone)
+    real = train.with_autoguidance
+
+    def recorded(model, weak, scale):
+        weak_models.append(weak)
+        return real(model, weak, scale)
+
+    monkeypatch.setattr(train, "with_autoguidance", recorded)
+    assert run_train(tiny_data, tmp_path, "--max-steps", "10", "--sample-every", "3") == 0
+    assert (tmp_path / "samples" / "step_0000009.png").exists()  # grids at 3, 6 and 9, then final
+    assert len(weak_models) == 4
+    assert weak_models[:3] == [None] * 3 and weak_models[3] is not None
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_train(tiny_data, straight, "--max-steps", "7") == 0
