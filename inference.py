@@ -15,11 +15,11 @@ cleaner samples than the raw weights; DiT section 4), and samples with the check
 settings unless a flag changes them: classifier-free guidance and, when the checkpoint keeps the
 early weights to guide away from, autoguidance (dit.Autoguided). A latent model (`train.py
 --preset latent`) samples latents, and the autoencoder stored in its checkpoint turns them into
-pixels, so every flag works the same for it. The grid goes beside the checkpoint when it is a run of yours in runs/, else into
-runs/samples/ (nothing is written into the tracked pretrained/ unless a flag says so), and the
-other pictures beside the grid unless their flag names a file. Sampling itself is in
-diffusion.py; support/sampling.py reads the config's settings and support/pictures.py lays the
-results out.
+pixels, so every flag works the same for it. The grid goes beside the checkpoint when it is a run
+of yours in runs/, else into runs/samples/ (nothing is written into the tracked pretrained/ unless
+a flag says so), and the other pictures beside the grid unless their flag names a file. Sampling
+itself is in diffusion.py; support/sampling.py reads the config's settings and support/pictures.py
+lays the results out.
 """
 
 from __future__ import annotations
