@@ -102,7 +102,7 @@ class GaussianDiffusion:
 
         With min_snr_gamma > 0 each image's MSE is weighted by min(SNR_t, gamma) / SNR_t
         (Hang et al. 2023, Eq. 9 for the eps objective): still noise prediction, but the nearly
-        clean timesteps (SNR_t > gamma: t < 259 with the default's gamma 1) are down-weighted
+        clean timesteps (SNR_t > gamma: t < 327 with the default's gamma 0.5) are down-weighted
         by gamma / SNR_t, so their easy, useless precision no longer dominates the gradient.
         """
         B = x0.shape[0]

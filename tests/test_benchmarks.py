@@ -243,9 +243,9 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert r.split(",")[6] == str(use_bf16("auto", pick_device(None)))
         assert r.split(",")[7] == "0.0"  # the study compares the deterministic samplers
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
-        assert r.split(",")[10:13] == ["1.3", "0", "999"]  # the tiny preset's guidance, every t
+        assert r.split(",")[10:13] == ["1.2", "0", "999"]  # the tiny preset's guidance, every t
         assert r.split(",")[13] == "0" and float(r.split(",")[14]) == float(r.split(",")[3])
-        assert r.split(",")[15:] == ["its own early EMA", "1.3"]  # the checkpoint's autoguidance
+        assert r.split(",")[15:] == ["its own early EMA", "1.5"]  # the checkpoint's autoguidance
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 
@@ -356,13 +356,13 @@ def test_sampler_study_autoguides_as_the_checkpoint_says_or_as_asked(tiny_checkp
     plain = study("plain", "--autoguide-scale", "1")
     assert (plain["autoguide"], plain["autoguide_scale"]) == ("", "1.0")
     assert autoguided_calls == []
-    # by default, away from the checkpoint's own weak model with its W and guidance (1.3 and 1.3):
+    # by default, away from the checkpoint's own weak model with its W and guidance (1.5 and 1.2):
     # each of DDIM-3's steps, for both batches of 100 and 30, went through the autoguided
     # prediction, and the digits differ from the plain model's
     own = study("own")
-    assert (own["autoguide"], own["autoguide_scale"]) == ("its own early EMA", "1.3")
+    assert (own["autoguide"], own["autoguide_scale"]) == ("its own early EMA", "1.5")
     assert len(autoguided_calls) == 2 * 3
-    assert {(s, g) for _, s, g in autoguided_calls} == {(1.3, 1.3)}
+    assert {(s, g) for _, s, g in autoguided_calls} == {(1.5, 1.2)}
     assert float(own["mnist_fd"]) != pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
     # the model as its own weaker version: eps_cfg + (W - 1) * 0, the same digits as without
     same = study("self", "--autoguide", str(checkpoint), "--autoguide-scale", "3")
@@ -370,7 +370,7 @@ def test_sampler_study_autoguides_as_the_checkpoint_says_or_as_asked(tiny_checkp
     assert float(same["mnist_fd"]) == pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
     # a model guided away from an untrained one of the same shape draws other digits
     other = study("weak", "--autoguide", str(untrained_checkpoint(checkpoint, tmp_path)))
-    assert other["autoguide_scale"] == "1.3"
+    assert other["autoguide_scale"] == "1.5"
     assert float(other["mnist_fd"]) != pytest.approx(float(plain["mnist_fd"]), abs=1e-3)
 
 

@@ -98,8 +98,8 @@ def test_autoguidance_follows_the_checkpoint_unless_a_flag_changes_it(checkpoint
                                "--output", str(out), *flags]) == 0
         return out.read_bytes(), capsys.readouterr().out
 
-    own, said = grid()  # the tiny preset's W 1.3, away from the EMA at a fifth of its 8 steps
-    assert "guidance 1.3, autoguidance 1.3 (from the EMA at step 2)" in said
+    own, said = grid()  # the tiny preset's W 1.5, away from the EMA at a fifth of its 8 steps
+    assert "guidance 1.2, autoguidance 1.5 (from the EMA at step 2)" in said
     plain, said = grid("--autoguide-scale", "1")
     assert "autoguidance 1" not in said and plain != own
     more, said = grid("--autoguide-scale", "2")
