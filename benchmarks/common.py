@@ -48,7 +48,7 @@ def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample
 
 
 def guidance_label(model, cfg) -> str:
-    """How `model` (from load_model) guides, for a printed row: 'guidance 1.3, autoguidance 1.3',
+    """How `model` (from load_model) guides, for a printed row: 'guidance 1.2, autoguidance 1.5',
     or 'guidance 1.6' for a model that samples without autoguidance."""
     from dit import Autoguided
 
