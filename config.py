@@ -124,7 +124,7 @@ class TrainConfig:
     # Autoguidance's weak model (SampleConfig.autoguide_scale): the checkpoint keeps a copy of the
     # EMA as it was at this fraction of the run (step 2,998 of the default's 14,992), free in
     # training time. The EMA at a tenth or two fifths of the run guided worse, at three tenths no
-    # better ("Variety and the default"). 0 = keep none
+    # better, with gamma 1 and again with gamma 0.5 ("Variety and the default"). 0 = keep none
     weak_model_at: float = 0.2
 
     def check(self) -> None:
