@@ -336,3 +336,14 @@ def test_min_snr_weight_is_one_where_noisy_and_gamma_over_snr_where_clean(diffus
     assert torch.equal(w[~clean], torch.ones_like(w[~clean]))
     assert torch.allclose(w[clean], 5.0 / diffusion.snr[clean])
     assert clean[:130].all() and not clean[130:].any()  # t < 130: the 13% down-weighted
+
+
+def test_the_defaults_gamma_weighs_fully_from_t_327_as_the_docs_say(diffusion):
+    from config import TrainConfig
+
+    gamma = TrainConfig().min_snr_gamma
+    assert gamma == 0.5  # the README's section 2 and diffusion.training_loss quote its threshold
+    w = diffusion.min_snr_weights(gamma)
+    assert torch.equal(w[327:], torch.ones(1000 - 327)) and (w[:327] < 1).all()
+    # a lower gamma weighs every step at most as much as a higher one
+    assert (w <= diffusion.min_snr_weights(1.0)).all() and w[0] < 1e-4
