@@ -112,7 +112,9 @@ class TrainConfig:
     # autoguidance adding back the variety that costs, it scored best at equal class accuracy
     # (5, 1, 0.5 and 0.25 measured; 0.25 no better; "Variety and the default")
     min_snr_gamma: float = 0.5
-    seed: int = 0  # one seed for weights, batches and noise: runs are reproducible
+    seed: int = 0  # one seed for weights, batches and noise: runs are reproducible on the same
+    #                CPU and PyTorch (another CPU's kernels round differently, and thousands of
+    #                steps grow that into other weights: "Variety and the default")
     log_every: int = 50  # steps between rows of the loss log
     eval_every: int = 500  # steps between held-out losses: a forward pass over eval_images
     eval_images: int = 1000  # held-out test digits, 100 per tenth of the range of t
