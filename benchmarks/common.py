@@ -47,6 +47,18 @@ def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample
     return (model if autoguided else ema), cfg
 
 
+def load_decoder(path: str | Path, cfg, device="cpu"):
+    """The autoencoder that turns a latent model's samples into pixels, from its checkpoint, as
+    inference.py reads it (autoencoder.autoencoder_of); None for a model of pixels, whose samples
+    are pixels already. Pass it to support.sampling.generate as `autoencoder`."""
+    if cfg.autoencoder is None:
+        return None
+    from autoencoder import autoencoder_of
+    from support.checkpoint import read_checkpoint
+
+    return autoencoder_of(read_checkpoint(path), cfg.autoencoder, path, device)
+
+
 def guidance_label(model, cfg) -> str:
     """How `model` (from load_model) guides, for a printed row: 'guidance 1.2, autoguidance 1.5',
     or 'guidance 1.6' for a model that samples without autoguidance."""

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MnistJudge, load_model  # beside this file in benchmarks/
+from common import MnistJudge, load_decoder, load_model  # beside this file in benchmarks/
 
 SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DPM-Solver++
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
@@ -171,6 +171,7 @@ def sweep(args: argparse.Namespace) -> Path:
     out = Path(args.out) if args.out else outputs_dir(checkpoint, "sweep") / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     judge = MnistJudge(args.data_dir, device)
+    decoder = load_decoder(checkpoint, cfg, device)  # a latent model's samples are latents
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
@@ -188,7 +189,8 @@ def sweep(args: argparse.Namespace) -> Path:
             start = time.perf_counter()
             with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
                                         "--batch-size"):
-                images = torch.cat([generate(sampled, diffusion, chunk, cfg, g, bf16=bf16)
+                images = torch.cat([generate(sampled, diffusion, chunk, cfg, g, bf16=bf16,
+                                             autoencoder=decoder)
                                     for chunk in labels.split(args.batch_size)])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import MnistJudge, guidance_label, load_model, run_train  # beside this file
+from common import (MnistJudge, guidance_label, load_decoder, load_model,  # beside this file
+                    run_train)
 
 
 def main() -> None:
@@ -66,10 +67,12 @@ def main() -> None:
         model, cfg = load_model(ckpt, device)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes, device)
+        decoder = load_decoder(ckpt, cfg, device)  # None for pixels; the latent preset's decoder
         g = torch.Generator(device).manual_seed(args.seed)
         t = time.perf_counter()
         bf16 = use_bf16("auto", device)
-        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16)
+        images = torch.cat([generate(model, diffusion, chunk, cfg, g, bf16=bf16,
+                                     autoencoder=decoder)
                             for chunk in labels.split(250)])  # 250 at a time: bounded memory
         sample_sec = time.perf_counter() - t
         scores = judge.score(images, labels)

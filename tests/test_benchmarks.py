@@ -281,6 +281,30 @@ def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_c
     assert "3 steps: mean: MNIST-FD" in printed
 
 
+def test_sampler_study_decodes_a_latent_models_samples_before_scoring(tiny_checkpoint, tmp_path,
+                                                                      monkeypatch):
+    """A latent model samples 4 x 8 x 8 latents; the study scores the digits its autoencoder
+    decodes from them, as inference.py writes them."""
+    import sampler_study
+    import train
+
+    _, data = tiny_checkpoint  # the fake MNIST with its classifier
+    out = tmp_path / "latent"
+    assert train.main(["--preset", "latent", "--data-dir", str(data), "--out-dir", str(out),
+                       "--hidden-size", "32", "--num-heads", "2", "--depth", "1",
+                       "--batch-size", "16", "--max-steps", "2", "--sample-every", "1000"]) == 0
+    scored = []
+    score = sampler_study.MnistJudge.score
+    monkeypatch.setattr(sampler_study.MnistJudge, "score",
+                        lambda judge, images, labels: scored.append(images.shape)
+                        or score(judge, images, labels))
+    assert sampler_study.main(["--checkpoint", str(out / "model.pth"), "--data-dir", str(data),
+                               "--num", "130", "--steps", "2", "--samplers", "ddim",
+                               "--out", str(tmp_path / "sweep.csv")]) == 0
+    assert scored == [(130, 1, 28, 28)]  # pixels, not latents
+    assert float((tmp_path / "sweep.csv").read_text().splitlines()[1].split(",")[3]) > 0
+
+
 def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
     import torch
 
