@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (MnistJudge, guidance_label, load_decoder, load_model,  # beside this file
-                    run_train)
+from common import MnistJudge, guidance_label, load_model, run_train  # beside this file
 
 
 def main() -> None:
@@ -45,6 +44,7 @@ def main() -> None:
 
     import torch
 
+    from autoencoder import autoencoder_of
     from diffusion import GaussianDiffusion
     from support.cli import pick_device, use_bf16
     from support.sampling import class_labels, generate
@@ -67,7 +67,8 @@ def main() -> None:
         model, cfg = load_model(ckpt, device)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         labels = class_labels(cfg.model.num_classes, args.num // cfg.model.num_classes, device)
-        decoder = load_decoder(ckpt, cfg, device)  # None for pixels; the latent preset's decoder
+        # None for pixels; the latent preset's decoder, from the checkpoint already read above
+        decoder = autoencoder_of(state, cfg.autoencoder, ckpt, device)
         g = torch.Generator(device).manual_seed(args.seed)
         t = time.perf_counter()
         bf16 = use_bf16("auto", device)
