@@ -7,9 +7,10 @@ Each run is what a reader types, timed from the outside: `python train.py --pres
 (for the latent preset the wall time includes training the autoencoder and encoding the digits),
 then `python inference.py --num-per-class 100` (1,000 digits, the checkpoint's own sampler,
 timed: images/s of sampling, the decoder included), then `python fid_computer.py --metric mnist`
-(MNIST-FD and class accuracy). The commands run one after another, each with the machine to
-itself. A row is appended to --csv as each pair of commands finishes; a (preset, seed) already in
-it is skipped, so an interrupted study resumes.
+(MNIST-FD, precision, recall and class accuracy). The commands run one after another, each with
+the machine to itself. A row is appended to --csv as each pair of commands finishes; a (preset,
+seed) already in it is skipped, so an interrupted study resumes. The presets of issue 22, before
+the pixel default's recipe changed, are in benchmarks/latent_vs_pixel_issue22.csv.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from common import ROOT  # beside this file in benchmarks/; puts the project on 
 from csv_rows import append_row, read_rows
 
 FIELDS = ["preset", "seed", "train_wall_s", "autoencoder_s", "train_images_per_s", "dit_params",
-          "autoencoder_params", "sample_images_per_s", "mnist_fd", "class_accuracy"]
+          "autoencoder_params", "sample_images_per_s", "mnist_fd", "precision", "recall",
+          "class_accuracy"]
 
 
 def timed(command: list[str], log: Path) -> tuple[float, str]:
@@ -37,6 +39,11 @@ def timed(command: list[str], log: Path) -> tuple[float, str]:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
     return seconds, result.stdout
+
+
+# what fid_computer.py --metric mnist prints, one score a line
+SCORES = {"mnist_fd": r"(?m)^MNIST-FD: ([\d.]+)", "precision": r"(?m)^precision: ([\d.]+)",
+          "recall": r"(?m)^recall: ([\d.]+)", "class_accuracy": r"(?m)^class accuracy: ([\d.]+)"}
 
 
 def found(pattern: str, text: str) -> float:
@@ -66,8 +73,7 @@ def run_one(preset: str, seed: int, args) -> dict:
             "autoencoder_params": sum(v.numel() for k, v in ckpt.get("autoencoder", {}).items()
                                       if k != "scale_factor"),
             "sample_images_per_s": round(10 * args.per_class / sample_s, 1),
-            "mnist_fd": found(r"MNIST-FD: ([\d.]+)", scores),
-            "class_accuracy": found(r"class accuracy: ([\d.]+)", scores)}
+            **{name: found(pattern, scores) for name, pattern in SCORES.items()}}
 
 
 def main() -> None:

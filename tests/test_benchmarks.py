@@ -488,10 +488,12 @@ def test_latent_vs_pixel_reads_the_scripts_output():
     import latent_vs_pixel
 
     text = ("autoencoder: trained in 134 s, reconstruction 48.2 nats/image\n"
-            "trained 11244 steps in 645 s (1115 images/s); checkpoint: x\nMNIST-FD: 33.214\n"
-            "class accuracy: 0.9930\n")
+            "trained 11244 steps in 645 s (1115 images/s); checkpoint: x\n")
     assert latent_vs_pixel.found(r"autoencoder: trained in (\d+) s", text) == 134
     assert latent_vs_pixel.found(r"\((\d+) images/s\)", text) == 1115
-    assert latent_vs_pixel.found(r"MNIST-FD: ([\d.]+)", text) == 33.214
-    assert latent_vs_pixel.found(r"class accuracy: ([\d.]+)", text) == 0.993
+    scores = ("scoring 1000 images in runs/x/fake (mnist)\nMNIST-FD: 16.077\nprecision: 0.8660\n"
+              "recall: 0.7420\nclass accuracy: 0.9880\nper digit: 0: 0.980  1: 1.000\n")
+    assert {name: latent_vs_pixel.found(pattern, scores)
+            for name, pattern in latent_vs_pixel.SCORES.items()} == {
+        "mnist_fd": 16.077, "precision": 0.866, "recall": 0.742, "class_accuracy": 0.988}
     assert math.isnan(latent_vs_pixel.found(r"FID: ([\d.]+)", "nothing"))

@@ -11,7 +11,7 @@ from PIL import Image
 import figures
 import train
 from support.cli import UserError
-from config import ModelConfig
+from config import ModelConfig, get_preset
 from dataset import load_mnist, resolve_data_dir, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
@@ -195,6 +195,15 @@ def test_shipped_weights_are_small_plain_and_load_with_weights_only():
                        ckpt["ema"]["final_layer.linear.weight"].float())
     with pytest.raises(UserError, match="missing model, optimizer"):
         load_model(SHIPPED, use_ema=False)  # no raw weights, no training state to resume
+
+
+@pytest.mark.parametrize("path, preset", [(SHIPPED, "cpu"),
+                                          (SHIPPED.parent / "latent" / "model.pth", "latent")])
+def test_shipped_weights_were_trained_with_their_preset_as_it_stands(path, preset):
+    """The README's numbers and pictures come from these weights: a preset changed without
+    retraining them (benchmarks/ship_weights.py) would describe a model nobody measured."""
+    shipped = torch.load(path, weights_only=True)["config"]
+    assert shipped == get_preset(preset).to_dict()
 
 
 @pytest.mark.slow
