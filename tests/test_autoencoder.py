@@ -330,7 +330,7 @@ def test_shipped_latent_weights_are_plain_and_carry_their_autoencoder_and_weak_m
                     reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
 def test_shipped_latent_weights_draw_the_digits_asked_for():
     """100 decoded samples (10 of each digit, the checkpoint's sampler and autoguidance) read by
-    the MNIST classifier as the digit asked for, nearly all of them (about 0.98 on 1,000)."""
+    the MNIST classifier as the digit asked for, nearly all of them (0.988 of 1,000)."""
     model, cfg = load_sampling_model(SHIPPED_LATENT)
     autoencoder = load_autoencoder(SHIPPED_LATENT, cfg)
     labels = class_labels(cfg.model.num_classes, 10)
