@@ -1,6 +1,7 @@
 """The floor of the scores: real MNIST training digits scored as if they were generated.
 
     python benchmarks/fid_floor.py    # MNIST-FD, precision, recall, class accuracy at 1,000 and 10,000
+    python benchmarks/fid_floor.py --sizes 1000 --through pretrained/latent/model.pth
 
 A perfect generator would draw digits exactly like the training set. Its scores against the test
 set are not 0: the two sets are different samples, and the Frechet distance estimated from a
@@ -9,7 +10,9 @@ gets" looks like at each size, and generated sets must be compared with the floo
 Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
 common.MnistJudge against the MNIST test set, labels from the training set; precision and recall
 compare them with as many test digits (the first N), as support/mnist_classifier.mnist_scores
-does for generated digits.
+does for generated digits. With `--through` a latent model's checkpoint, the same digits are also
+scored after its autoencoder (encoded, then decoded): the floor of that latent DiT, which can draw
+no better than its decoder gives back.
 (For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
 folder to `fid_computer.py --fake`.)
 """
@@ -21,28 +24,46 @@ import argparse
 from common import MnistJudge  # beside this file in benchmarks/
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data-dir", default=None)
-    args = p.parse_args()
+    p.add_argument("--through", default=None, metavar="CHECKPOINT",
+                   help="a latent model's checkpoint: score the digits through its autoencoder too")
+    args = p.parse_args(argv)
 
     import torch
 
+    from autoencoder import autoencoder_of, encode_images
+    from config import Config
     from dataset import load_mnist, resolve_data_dir
+    from support.checkpoint import read_checkpoint
 
+    decoder = None
+    if args.through:
+        checkpoint = read_checkpoint(args.through)
+        cfg = Config.from_dict(checkpoint["config"], source=args.through)
+        decoder = autoencoder_of(checkpoint, cfg.autoencoder, args.through)
+        if decoder is None:
+            raise SystemExit(f"{args.through} is a model of pixels: --through needs a latent "
+                             "model's checkpoint (train.py --preset latent)")
     images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
     judge = MnistJudge(args.data_dir)
-    print("| real training digits | seed | MNIST-FD | precision | recall | class accuracy |")
+    print("| training digits | seed | MNIST-FD | precision | recall | class accuracy |")
     print("|---|---|---|---|---|---|")
     for n in args.sizes:
         for seed in args.seeds:
             idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-            s = judge.score(images[idx], labels[idx])
-            row = (f"| {n:,} | {seed} | {s['mnist_fd']:.2f} | {s['precision']:.3f} | "
-                   f"{s['recall']:.3f} | {s['class_accuracy']:.4f} |")
-            print(row, flush=True)
+            sets = {"real": images[idx]}
+            if decoder is not None:  # encoded with a draw of its own noise, then decoded
+                with torch.no_grad():
+                    sets["autoencoded"] = decoder.to_pixels(encode_images(decoder, images[idx],
+                                                                          seed=seed))
+            for name, digits in sets.items():
+                s = judge.score(digits, labels[idx])
+                print(f"| {n:,} {name} | {seed} | {s['mnist_fd']:.2f} | {s['precision']:.3f} | "
+                      f"{s['recall']:.3f} | {s['class_accuracy']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -281,28 +281,53 @@ def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_c
     assert "3 steps: mean: MNIST-FD" in printed
 
 
-def test_sampler_study_decodes_a_latent_models_samples_before_scoring(tiny_checkpoint, tmp_path,
-                                                                      monkeypatch):
-    """A latent model samples 4 x 8 x 8 latents; the study scores the digits its autoencoder
-    decodes from them, as inference.py writes them."""
-    import sampler_study
+@pytest.fixture(scope="module")
+def tiny_latent_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """A tiny latent model (its autoencoder and a narrow DiT, 2 steps) on tiny_checkpoint's fake
+    MNIST, which has its classifier: (the checkpoint, the data folder)."""
     import train
 
-    _, data = tiny_checkpoint  # the fake MNIST with its classifier
-    out = tmp_path / "latent"
+    _, data = tiny_checkpoint
+    out = tmp_path_factory.mktemp("latent")
     assert train.main(["--preset", "latent", "--data-dir", str(data), "--out-dir", str(out),
                        "--hidden-size", "32", "--num-heads", "2", "--depth", "1",
                        "--batch-size", "16", "--max-steps", "2", "--sample-every", "1000"]) == 0
+    return out / "model.pth", data
+
+
+def test_sampler_study_decodes_a_latent_models_samples_before_scoring(tiny_latent_checkpoint,
+                                                                      tmp_path, monkeypatch):
+    """A latent model samples 4 x 8 x 8 latents; the study scores the digits its autoencoder
+    decodes from them, as inference.py writes them."""
+    import sampler_study
+
+    checkpoint, data = tiny_latent_checkpoint
     scored = []
     score = sampler_study.MnistJudge.score
     monkeypatch.setattr(sampler_study.MnistJudge, "score",
                         lambda judge, images, labels: scored.append(images.shape)
                         or score(judge, images, labels))
-    assert sampler_study.main(["--checkpoint", str(out / "model.pth"), "--data-dir", str(data),
+    assert sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
                                "--num", "130", "--steps", "2", "--samplers", "ddim",
                                "--out", str(tmp_path / "sweep.csv")]) == 0
     assert scored == [(130, 1, 28, 28)]  # pixels, not latents
     assert float((tmp_path / "sweep.csv").read_text().splitlines()[1].split(",")[3]) > 0
+
+
+def test_fid_floor_scores_the_same_digits_through_a_latent_models_autoencoder(
+        tiny_latent_checkpoint, tiny_checkpoint, capsys):
+    import fid_floor
+
+    checkpoint, data = tiny_latent_checkpoint
+    fid_floor.main(["--sizes", "40", "--seeds", "0", "--data-dir", str(data),
+                    "--through", str(checkpoint)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40 ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["40 real", "40 autoencoded"]
+    real, autoencoded = (float(row.split("|")[3]) for row in rows)
+    assert real != autoencoded  # the decoded digits are scored, not the real ones again
+    with pytest.raises(SystemExit, match="a model of pixels"):
+        fid_floor.main(["--sizes", "40", "--data-dir", str(data),
+                        "--through", str(tiny_checkpoint[0])])
 
 
 def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
