@@ -1,4 +1,7 @@
-"""Shared helpers for the tests: a tiny MNIST written in the original IDX format."""
+"""Shared helpers for the tests: a tiny MNIST written in the original IDX format, model stand-ins,
+and checkpoints rebuilt as the scripts rebuild them. The model a checkpoint samples with and its
+decoder come from benchmarks/common.py (on pytest's path, pyproject.toml), which loads them for
+the benchmarks the same way: one loader for both."""
 
 import struct
 from pathlib import Path
@@ -65,26 +68,6 @@ def load_model(path, device="cpu", use_ema=True):
     cfg = Config.from_dict(checkpoint["config"], source=path)
     model = load_weights(DiT(cfg.model), checkpoint["ema" if use_ema else "model"], path)
     return model.to(device).eval(), cfg
-
-
-def load_sampling_model(path, device="cpu"):
-    """(the model inference.py samples with, Config): the EMA DiT, guided away from the weak
-    model when the checkpoint keeps one (dit.load_ema)."""
-    from config import Config
-    from dit import load_ema
-    from support.checkpoint import read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    cfg = Config.from_dict(checkpoint["config"], source=path)
-    return load_ema(checkpoint, cfg, path, device)[1], cfg
-
-
-def load_autoencoder(path, cfg, device="cpu"):
-    """The decoder of a latent model's checkpoint (None for pixels), as inference.py reads it."""
-    from autoencoder import autoencoder_of
-    from support.checkpoint import read_checkpoint
-
-    return autoencoder_of(read_checkpoint(path), cfg.autoencoder, path, device)
 
 
 def train_config(*flags):

@@ -16,8 +16,9 @@ from autoencoder import (Autoencoder, autoencoder_loss, encode_images, fit_scale
 from config import AutoencoderConfig, Config, get_preset
 from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
-from helpers import (X0Oracle, load_autoencoder, load_model, load_sampling_model,
-                     write_tiny_mnist)
+from common import load_decoder
+from common import load_model as load_sampling_model  # the EMA, with its autoguidance
+from helpers import X0Oracle, load_model, write_tiny_mnist
 from support.checkpoint import read_checkpoint, save_checkpoint
 from support.cli import UserError
 from support.mnist_classifier import classify, load_classifier
@@ -160,7 +161,7 @@ def test_latent_checkpoint_loads_weights_only_and_samples_pixels(latent_run, tmp
     assert ckpt["config"]["autoencoder"] is not None and "autoencoder" in ckpt
     model, cfg = load_model(latent_run / "model.pth")
     assert (cfg.model.in_channels, cfg.model.image_size) == (4, 8)
-    autoencoder = load_autoencoder(latent_run / "model.pth", cfg)
+    autoencoder = load_decoder(latent_run / "model.pth", cfg)
     images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), torch.tensor([3, 7]),
                       cfg, torch.Generator().manual_seed(0), autoencoder=autoencoder)
     assert images.shape == (2, 1, 28, 28) and images.abs().max() <= 1
@@ -301,7 +302,7 @@ def test_shipped_latent_weights_keep_the_autoencoder(latent_run, tmp_path):
 
     ship_weights(latent_run / "model.pth", tmp_path / "shipped.pth", source="test")
     model, cfg = load_model(tmp_path / "shipped.pth")
-    autoencoder = load_autoencoder(tmp_path / "shipped.pth", cfg)
+    autoencoder = load_decoder(tmp_path / "shipped.pth", cfg)
     images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), torch.tensor([1]), cfg,
                       torch.Generator().manual_seed(0), autoencoder=autoencoder)
     assert images.shape == (1, 1, 28, 28)
@@ -321,7 +322,7 @@ def test_shipped_latent_weights_are_plain_and_carry_their_autoencoder_and_weak_m
     assert SHIPPED_LATENT.stat().st_size <= 4.0e6
     assert ckpt["config"]["preset"] == "latent" and "commit" in ckpt["source"]
     model, cfg = load_model(SHIPPED_LATENT)
-    autoencoder = load_autoencoder(SHIPPED_LATENT, cfg)
+    autoencoder = load_decoder(SHIPPED_LATENT, cfg)
     assert autoencoder.scale_factor.item() == pytest.approx(1.17, abs=0.01)  # measured, stored
 
 
@@ -332,7 +333,7 @@ def test_shipped_latent_weights_draw_the_digits_asked_for():
     """100 decoded samples (10 of each digit, the checkpoint's sampler and autoguidance) read by
     the MNIST classifier as the digit asked for, nearly all of them (0.988 of 1,000)."""
     model, cfg = load_sampling_model(SHIPPED_LATENT)
-    autoencoder = load_autoencoder(SHIPPED_LATENT, cfg)
+    autoencoder = load_decoder(SHIPPED_LATENT, cfg)
     labels = class_labels(cfg.model.num_classes, 10)
     images = generate(model, GaussianDiffusion.from_config(cfg.diffusion), labels, cfg,
                       torch.Generator().manual_seed(0), autoencoder=autoencoder)

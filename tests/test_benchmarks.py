@@ -3,15 +3,12 @@ Nothing here times anything: the rows run for a fraction of a second and only th
 (FLOPs, overrides, names, the sampler study's CSV and plot) is checked."""
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from config import get_preset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import train_throughput as tt  # noqa: E402  (benchmarks/ is not a package)
+import train_throughput as tt  # benchmarks/ is on pytest's path (pyproject.toml)
 
 
 def test_apply_overrides_parses_each_field_as_its_type():

@@ -16,7 +16,8 @@ from dataset import load_mnist, resolve_data_dir, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
 from dit_block import modulate
-from helpers import load_model, load_sampling_model, write_tiny_mnist
+from common import load_model as load_sampling_model  # the EMA, with its autoguidance
+from helpers import load_model, write_tiny_mnist
 from support.checkpoint import read_log, write_log
 from support.mnist_classifier import classify, load_classifier
 from support.sampling import class_labels, generate
