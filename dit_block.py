@@ -68,8 +68,8 @@ class Attention(nn.Module):
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # Under bf16 autocast on a CPU, the fused kernel's bf16 backward took half the training
             # step (benchmarks/README.md, "Where bf16 loses its time on a CPU"). With 16 tokens
-            # its share of the FLOPs is small, so it runs in fp32 (with autocast off, which would
-            # cast its inputs back to bf16) and only its result goes back to bf16.
+            # its share of the FLOPs is small, so it runs in fp32 (autocast is turned off here,
+            # since it would cast the fp32 inputs back to bf16); only its result returns to bf16.
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
             out = out.to(q.dtype)

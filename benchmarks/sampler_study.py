@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autoguidance W: 1 = none (default: the checkpoint's)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's noise: 0 = deterministic, as the other samplers, so the study "
-                        "compares the ODE samplers; 1 = the default sampling (default: 0)")
+                        "compares the ODE samplers; 0.7 = the presets' sampling (default: 0)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
                         "(default: auto)")
