@@ -47,16 +47,18 @@ def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample
     return (model if autoguided else ema), cfg
 
 
-def load_decoder(path: str | Path, cfg, device="cpu"):
-    """The autoencoder that turns a latent model's samples into pixels, from its checkpoint, as
-    inference.py reads it (autoencoder.autoencoder_of); None for a model of pixels, whose samples
-    are pixels already. Pass it to support.sampling.generate as `autoencoder`."""
-    if cfg.autoencoder is None:
-        return None
+def load_decoder(path: str | Path, device="cpu"):
+    """The autoencoder that turns a latent model's samples into pixels, from its checkpoint and
+    the config stored there, as inference.py reads it (autoencoder.autoencoder_of); None for a
+    model of pixels, whose samples are pixels already. Pass it to support.sampling.generate as
+    `autoencoder`."""
     from autoencoder import autoencoder_of
+    from config import Config
     from support.checkpoint import read_checkpoint
 
-    return autoencoder_of(read_checkpoint(path), cfg.autoencoder, path, device)
+    checkpoint = read_checkpoint(path)
+    cfg = Config.from_dict(checkpoint["config"], source=path)
+    return autoencoder_of(checkpoint, cfg.autoencoder, path, device)
 
 
 def guidance_label(model, cfg) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import MnistJudge  # beside this file in benchmarks/
+from common import MnistJudge, load_decoder  # beside this file in benchmarks/
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,16 +35,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from autoencoder import autoencoder_of, encode_images
-    from config import Config
+    from autoencoder import encode_images
     from dataset import load_mnist, resolve_data_dir
-    from support.checkpoint import read_checkpoint
 
     decoder = None
     if args.through:
-        checkpoint = read_checkpoint(args.through)
-        cfg = Config.from_dict(checkpoint["config"], source=args.through)
-        decoder = autoencoder_of(checkpoint, cfg.autoencoder, args.through)
+        decoder = load_decoder(args.through)
         if decoder is None:
             raise SystemExit(f"{args.through} is a model of pixels: --through needs a latent "
                              "model's checkpoint (train.py --preset latent)")

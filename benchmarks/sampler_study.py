@@ -171,7 +171,7 @@ def sweep(args: argparse.Namespace) -> Path:
     out = Path(args.out) if args.out else outputs_dir(checkpoint, "sweep") / "sweep.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     judge = MnistJudge(args.data_dir, device)
-    decoder = load_decoder(checkpoint, cfg, device)  # a latent model's samples are latents
+    decoder = load_decoder(checkpoint, device)  # a latent model's samples are latents
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     labels = class_labels(classes, args.num // classes, device)
     bf16 = use_bf16(args.amp, device)
