@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -43,15 +44,28 @@ from pathlib import Path
 from common import ROOT  # beside this file in benchmarks/; puts the project on the path
 
 
-def matmul_peak_gflops(device, dtype, n: int = 2048, reps: int = 10) -> float:
-    """Measured rate of a large square matrix product on random data, in GFLOP/s."""
+def matmul_peak_gflops(device, dtype, n_max: int = 2048, seconds: float = 1.0) -> float:
+    """Measured rate of a large square matrix product on random data, in GFLOP/s. The side
+    doubles from 256 up to n_max (large enough to fill a GPU or a CPU's matrix units) while the
+    next size's product (8x the work) would still take under `seconds`; then products of the last
+    size are timed for about `seconds`. A slow kernel (bf16 on a CPU without bf16 instructions
+    runs at a few GFLOP/s) so stops at a small side in seconds, not minutes."""
     import torch
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up: kernel selection, allocation
+        sync(device)
+        t = time.perf_counter()
         a @ b
-    sync(device)
+        sync(device)
+        one = time.perf_counter() - t
+        if n >= n_max or 8 * one > seconds:
+            break
+        n *= 2
+    reps = max(2, math.ceil(seconds / max(one, 1e-9)))
     t = time.perf_counter()
     for _ in range(reps):
         a @ b

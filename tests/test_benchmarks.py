@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from config import get_preset
 import train_throughput as tt  # benchmarks/ is on pytest's path (pyproject.toml)
@@ -39,6 +40,29 @@ def test_apply_overrides_checks_the_combination_not_each_step():
 def test_apply_overrides_rejects_bad_items(item, message):
     with pytest.raises(SystemExit, match=message):
         tt.apply_overrides(get_preset("tiny"), [item])
+
+
+class FakeClock:
+    """time.perf_counter that advances by `tick` seconds per reading, whatever ran between."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("tick, side, reps", [(0.25, 256, 4), (0.125, 512, 8), (1 / 64, 512, 64)])
+def test_matmul_peak_stops_growing_where_a_product_gets_slow(tick, side, reps, monkeypatch):
+    """The side doubles from 256 while 8x one product's time stays within the budget (1 s), up
+    to n_max; then `reps` products fill about the budget, and the rate is their FLOPs over the
+    time they took (real products, a clock whose every reading is `tick` later, in binary
+    fractions so the sums are exact: a product timed at 0.25 s stops at 256 at once, so a slow bf16 kernel costs seconds, not minutes)."""
+    clock = FakeClock(tick)
+    monkeypatch.setattr(tt, "time", clock)
+    gflops = tt.matmul_peak_gflops("cpu", torch.float32, n_max=512)
+    assert gflops == pytest.approx(2 * side**3 * reps / tick / 1e9)
 
 
 def test_rows_count_more_flops_for_smaller_patches_and_name_themselves():
