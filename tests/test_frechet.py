@@ -42,6 +42,23 @@ def test_feature_statistics_are_the_mean_and_unbiased_covariance():
     assert np.allclose(sigma, centred.T @ centred / (len(x) - 1))
 
 
+def test_feature_statistics_are_float64():
+    """pytorch-fid's statistics are float64: 2^24 + 1 is the first integer float32 rounds."""
+    mu, sigma = fr.feature_statistics(np.full((3, 1), 16777217.0, dtype=np.float64))
+    assert mu.dtype == np.float64 and float(mu[0]) == 16777217.0
+    mu, _ = fr.feature_statistics(np.array([[1.0], [2.0]], dtype=np.float32))
+    assert mu.dtype == np.float64
+
+
+def test_a_complex_square_root_is_a_one_line_error():
+    """When S1 S2 has a negative eigenvalue (as rounding leaves it for features that hardly vary)
+    its square root is complex and the distance undefined: one line that says why, not a
+    traceback from the library."""
+    with pytest.raises(UserError, match="Frechet distance is undefined") as e:
+        fr.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    assert "\n" not in str(e.value)
+
+
 def test_too_few_images_for_the_feature_size_is_refused():
     fr.check_enough_images(129, 128, "x", "MNIST-FD", "more")
     with pytest.raises(UserError, match=r"128 images.*at least 129.*singular"):

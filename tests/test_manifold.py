@@ -47,6 +47,25 @@ def test_radii_skip_the_point_itself_and_work_in_chunks():
         knn_radii(x[:3], k=3)
 
 
+def test_balls_are_closed():
+    """The paper's balls include their boundary: a generated point exactly k-th-neighbour
+    distance from a real point is inside (distances of whole numbers are exact)."""
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    fake = np.array([[-1.0], [20.0]])  # -1 lies on the boundary of 0's ball of radius 1
+    assert precision_recall(real, fake, k=1) == (0.5, 1.0)
+
+
+def test_features_are_compared_in_float64():
+    """Features far from the origin (as a network's can be) and close together: the answer must
+    not change when every feature is shifted by a million, which float32's 7 digits would blur."""
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    fake = np.array([[-1.5], [20.0], [2.5], [31.0]])
+    want = precision_recall(real, fake, k=1)
+    assert want == (0.25, 1.0)
+    shifted = precision_recall(1e6 + 1e-2 * real, 1e6 + 1e-2 * fake, k=1)
+    assert shifted == want
+
+
 def test_the_same_distribution_scores_high_on_both():
     real, fake = clusters(100, list(range(10)), seed=1), clusters(100, list(range(10)), seed=2)
     precision, recall = precision_recall(real, fake)

@@ -93,6 +93,18 @@ def layer_norm(x):
     return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
 
 
+def test_mlp_is_linear_tanh_gelu_linear():
+    """The block's feed-forward network: fc2(GELU(fc1(x))), with GELU in DiT's tanh form
+    0.5 a (1 + tanh(sqrt(2 / pi) (a + 0.044715 a^3))) (inputs large enough that it differs from
+    the exact GELU)."""
+    mlp = randomize(DiTBlock(8, 2).mlp)
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(7)) * 3
+    with torch.no_grad():
+        a = mlp.fc1(x)
+        gelu = 0.5 * a * (1 + torch.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a**3)))
+        assert torch.allclose(mlp(x), mlp.fc2(gelu), atol=1e-6)
+
+
 def test_dit_block_matches_adaln_zero_formula():
     """A block with non-zero weights computes the paper's adaLN block, written out here:
     (shift, scale, gate) x 2 = Linear(SiLU(c)), then x + gate * Attn(LN(x) (1 + scale) + shift)
@@ -176,6 +188,22 @@ def test_timestep_embedding_matches_formula():
             assert emb[row, half + i].item() == pytest.approx(math.sin(tv * freq), abs=1e-4)
 
 
+def test_odd_embedding_size_is_refused():
+    with pytest.raises(ValueError, match="must be even"):
+        timestep_embedding(torch.tensor([1]), 7)
+
+
+def test_timestep_embedder_is_an_mlp_of_the_sinusoids():
+    """TimestepEmbedder(t) = Linear(SiLU(Linear(timestep_embedding(t, 256)))), with DiT's max
+    period 10,000 (random weights, so every layer does visible work)."""
+    embedder = randomize(TimestepEmbedder(32))
+    t = torch.tensor([0, 7, 500, 999])
+    first, second = embedder.mlp[0], embedder.mlp[2]
+    with torch.no_grad():
+        want = second(torch.nn.functional.silu(first(timestep_embedding(t, 256, max_period=10000))))
+        assert torch.allclose(embedder(t), want, atol=1e-5)
+
+
 def test_distinct_timesteps_give_distinct_embeddings():
     emb = timestep_embedding(torch.arange(1000), 256)
     dists = torch.cdist(emb, emb)
@@ -192,6 +220,48 @@ def test_position_embedding_distinct_and_bounded():
     d = torch.cdist(pe, pe)
     d.fill_diagonal_(float("inf"))
     assert d.min() > 1e-3
+
+
+def test_position_embedding_matches_formula():
+    """Token n = r g + c (row-major) gets the row's 1D sin-cos code in the first half of the
+    channels and the column's in the second, each code sines then cosines at the frequencies
+    w_i = 10000^(-i / q), q = D / 4 (a row of 5 tokens, so rows and columns differ)."""
+    D, g = 16, 5
+    q = D // 4
+    pe = sincos_pos_embed_2d(D, g)
+    for n in range(g * g):
+        r, c = divmod(n, g)
+        for i in range(q):
+            w = 10000 ** (-i / q)
+            want = [math.sin(r * w), math.cos(r * w), math.sin(c * w), math.cos(c * w)]
+            got = [pe[n, i], pe[n, q + i], pe[n, 2 * q + i], pe[n, 3 * q + i]]
+            assert [v.item() for v in got] == pytest.approx(want, abs=1e-6), f"token {n}, i {i}"
+
+
+def test_tokens_carry_their_positions():
+    """Without the position embedding a DiT would be blind to where a patch lies: patch-wise
+    embedding, attention and a patch-wise output layer commute with any shuffle of the patches.
+    The embedding adds pos_embed to every image's tokens, and so shuffling the patches of the
+    input no longer just shuffles the patches of the output."""
+    p = 4
+    model = randomize(small_model(patch_size=p)).eval()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 1, 28, 28, generator=g)
+    t, y = torch.tensor([10, 700]), torch.tensor([3, 8])
+    perm = torch.randperm(49, generator=g)
+    shuffled = unpatchify(patchify(x, p)[:, perm], p, 1)
+    with torch.no_grad():
+        tokens, _ = model.embed(x, t, y)
+        assert torch.allclose(tokens - model.x_embedder(x), model.pos_embed.expand_as(tokens),
+                              atol=1e-5)
+
+        def shuffle_gap():
+            out, out_shuffled = model(x, t, y), model(shuffled, t, y)
+            return (patchify(out_shuffled, p) - patchify(out, p)[:, perm]).abs().max().item()
+
+        assert shuffle_gap() > 1e-3
+        model.pos_embed.zero_()  # the same network without positions: blind to the shuffle
+        assert shuffle_gap() < 1e-4
 
 
 def test_guidance_scale_one_is_conditional_zero_is_unconditional():
@@ -263,6 +333,16 @@ def test_autoguidance_is_guidance_away_from_the_weaker_models_prediction(s):
         unit = Autoguided(model, weak, 1.0).forward_with_cfg(x, t, y, s)
     assert torch.allclose(unit, guided, atol=1e-5)
     assert (got - guided).abs().max() > 0.1
+
+
+def test_only_autoguidance_one_is_no_autoguidance():
+    """W = 1 adds nothing and gives back the model itself; W = 0 is a guidance like any other
+    (it subtracts the difference), not "off"."""
+    model, weak = small_model(), small_model()
+    assert with_autoguidance(model, weak, 1.0) is model
+    for scale in [0.0, 0.5, 2.0]:
+        guided = with_autoguidance(model, weak, scale)
+        assert isinstance(guided, Autoguided) and guided.scale == scale
 
 
 def test_cfg_predictions_returns_the_guided_and_the_conditional_eps():

@@ -97,6 +97,31 @@ def test_timestep_schedules(diffusion):
     assert max(gaps) - min(gaps) < 0.2 * (sum(gaps) / len(gaps))
 
 
+def test_ddim_timesteps_are_the_nearest_integers_to_even_spacing(diffusion):
+    """Evenly spaced from T-1 to 0 means t_i = round((T-1) - i (T-1) / (S-1)) for every step
+    count, not only those (like 50 or 1000) where the spacing happens to be a whole number."""
+    for steps in range(2, 60):
+        stride = 999 / (steps - 1)
+        ts = diffusion.ddim_timesteps(steps)
+        assert all(abs(t - (999 - i * stride)) <= 0.5 for i, t in enumerate(ts)), steps
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_clip_denoised_keeps_every_prediction_in_the_data_range(diffusion, sampler):
+    """A model whose clean image lies outside [-1, 1] (an oracle of x0 = 3): with clip_denoised
+    every step's x0 prediction is clipped to the data range, so the sampler ends on the clipped
+    image, 1 everywhere; without it the sampler follows the oracle to 3."""
+    x0 = torch.full((2, 1, 3, 3), 3.0, dtype=torch.float64)
+    y = torch.zeros(2, dtype=torch.long)
+    for clip, want in [(True, 1.0), (False, 3.0)]:
+        out, _, x0_preds = diffusion.sample(X0Oracle(diffusion, x0), x0.shape, y, sampler=sampler,
+                                            steps=5, eta=0.0, clip_denoised=clip,
+                                            generator=torch.Generator().manual_seed(0),
+                                            return_intermediates=True)
+        assert x0_preds.abs().max().item() == pytest.approx(want, abs=1e-5)
+        assert torch.allclose(out, torch.full_like(out, want), atol=1e-4)
+
+
 # The Gaussian test. Data N(MU, S^2) per pixel; N_SAMPLES samples drawn from one seeded x_T.
 # The deterministic samplers solve the probability-flow ODE, whose exact solution for Gaussian
 # data is known: it keeps each sample's standard score, x_0 = MU + S * (x_T - sqrt(a_T) MU) /
