@@ -1,5 +1,6 @@
 """Tests of the latent preset: the autoencoder, its scale factor, the DiT trained on its latents."""
 
+import math
 import os
 import subprocess
 import sys
@@ -11,8 +12,8 @@ import torch
 import figures
 import inference
 import train
-from autoencoder import (Autoencoder, autoencoder_loss, encode_images, fit_scale_factor,
-                         kl_divergence, train_autoencoder)
+from autoencoder import (PAD, Autoencoder, autoencoder_loss, encode_images, fit_scale_factor,
+                         kl_divergence, read_autoencoder, sample_latent, train_autoencoder)
 from config import AutoencoderConfig, Config, get_preset
 from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
@@ -93,6 +94,83 @@ def test_scale_factor_makes_the_training_latents_unit_variance(fake_digits):
     assert scale != 1.0
     assert latents.std().item() == pytest.approx(1.0, abs=1e-5)
     assert model.state_dict()["scale_factor"].item() == pytest.approx(scale)  # saved with it
+
+
+def test_reparameterised_draws_have_the_posterior_s_mean_and_spread():
+    """z = mean + exp(logvar / 2) * noise: a draw from N(mean, sigma^2), sigma the square root
+    of the variance exp(logvar) (200,000 draws: the spread is known to within 1%)."""
+    mean, logvar = torch.full((200_000,), 0.5), torch.full((200_000,), math.log(4.0))
+    z = sample_latent(mean, logvar, torch.Generator().manual_seed(0))
+    assert z.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert z.std().item() == pytest.approx(2.0, rel=0.02)
+
+
+def test_latents_are_one_posterior_draw_times_the_scale_and_decoding_undoes_it(fake_digits):
+    """to_latent draws z from the encoder's posterior and multiplies by scale_factor; to_pixels
+    divides it out before decoding (a factor other than 1, so that forgetting it shows)."""
+    torch.manual_seed(0)
+    model = Autoencoder(SMALL).eval()
+    model.scale_factor.fill_(2.5)
+    x = to_model_range(fake_digits[:4])
+    with torch.no_grad():
+        mean, logvar = model.encode(x)
+        z = model.to_latent(x, torch.Generator().manual_seed(7))
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(z, (mean + (0.5 * logvar).exp() * noise) * 2.5)
+        torch.testing.assert_close(model.to_pixels(z), model.decode(z / 2.5))
+
+
+def test_fitting_the_scale_twice_gives_the_same_factor(fake_digits):
+    """fit_scale_factor measures the unscaled latents, whatever factor the model held before."""
+    torch.manual_seed(0)
+    model = Autoencoder(SMALL).eval()
+    first = fit_scale_factor(model, fake_digits, seed=3)
+    assert fit_scale_factor(model, fake_digits, seed=3) == pytest.approx(first, rel=1e-6)
+    assert encode_images(model, fake_digits, seed=3).std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_padding_is_background_and_the_crop_undoes_it():
+    """The encoder sees the 28 x 28 digit padded to 32 x 32 with black (-1), the background,
+    not 0 (mid grey); the decoder's 32 x 32 output is cropped back by the same PAD on each side,
+    so that pixel (i, j) out is pixel (i, j) in."""
+    model = Autoencoder(SMALL).eval()
+    seen = {}
+    model.encoder[0].register_forward_pre_hook(lambda module, inputs: seen.setdefault("x", inputs[0]))
+    with torch.no_grad():
+        model.encode(torch.full((1, 1, 28, 28), -1.0))
+    assert seen["x"].shape[-2:] == (32, 32) and (seen["x"] == -1).all()
+    rows = torch.arange(32.0).view(1, 1, 32, 1).expand(1, 1, 32, 32)  # value = row index
+    model.decoder.register_forward_hook(lambda module, inputs, out: rows + rows.transpose(2, 3) / 100)
+    with torch.no_grad():
+        out = model.decode_logits(torch.zeros(1, SMALL.latent_channels, 8, 8))[0, 0]
+    assert out.shape == (28, 28)
+    assert out[0, 0].item() == pytest.approx(PAD + PAD / 100)
+    assert out[-1, -1].item() == pytest.approx(31 - PAD + (31 - PAD) / 100)
+
+
+def test_log_variance_is_bounded_so_the_spread_stays_finite():
+    model = Autoencoder(SMALL).eval()
+    with torch.no_grad():
+        model.encoder[-1].weight.zero_()
+        model.encoder[-1].bias[SMALL.latent_channels:] = 1000.0  # the log-variance half
+        _, logvar = model.encode(torch.zeros(1, 1, 28, 28))
+        assert torch.isfinite((0.5 * logvar).exp()).all()
+        assert torch.isfinite(model.to_latent(torch.zeros(1, 1, 28, 28))).all()
+
+
+def test_reading_an_autoencoder_runs_no_pickled_code(tmp_path):
+    """weights_only loading: a file whose pickle would run a command is refused with a one-line
+    error, and the command never runs."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"autoencoder": Payload(), "config": vars(AutoencoderConfig())}, tmp_path / "evil.pth")
+    with pytest.raises(UserError):
+        read_autoencoder(tmp_path / "evil.pth", AutoencoderConfig())
+    assert not marker.exists()
 
 
 def test_too_few_images_for_a_batch_is_a_user_error(fake_digits):
