@@ -1,10 +1,13 @@
-"""Tests of support/checkpoint.py's atomic writes and of support/cli.py's out-of-memory message and
-bf16 policy. (Reading and writing whole checkpoints is tested through train.py and inference.py.)"""
+"""Tests of support/checkpoint.py's atomic writes, its checks on reading and the weights it ships,
+and of support/cli.py's out-of-memory message and bf16 policy. (Reading and writing whole
+checkpoints is also tested through train.py and inference.py.)"""
+
+import os
 
 import pytest
 import torch
 
-from support.checkpoint import atomic_write
+from support.checkpoint import atomic_write, read_checkpoint, save_checkpoint, ship_weights
 from support.cli import UserError, out_of_memory_as_error, use_bf16
 
 
@@ -22,6 +25,50 @@ def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_
     assert path.read_text() == "a,b\n1,2\n"  # the previous version, whole
     # The leftover is hidden, so folder listings that skip dot-files never take it for a result.
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["log.csv"]
+
+
+def test_checkpoints_reach_the_disk_before_they_replace_the_old_one(tmp_path, monkeypatch):
+    """A checkpoint is flushed to the disk (fsync) before the rename, so a power cut cannot leave
+    a renamed but empty file; logs, rewritten often, may skip it."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    save_checkpoint(tmp_path / "a.pth", {"x": torch.ones(2)})
+    assert len(synced) == 1
+    atomic_write(tmp_path / "b.txt", lambda f: f.write("x"), text=True, fsync=False)
+    assert len(synced) == 1
+
+
+def training_checkpoint(path, **without):
+    """A small checkpoint with what train.py saves, the raw weights apart from the EMA's."""
+    raw = {"weight": torch.randn(2, 2), "bias": torch.zeros(2)}
+    state = {"model": raw, "ema": {k: v + 1 for k, v in raw.items()},
+             "optimizer": {"state": {}, "param_groups": []}, "config": {"preset": "tiny"},
+             "step": 10, "rng": {"torch": torch.get_rng_state()},
+             "weak_ema": {k: v - 1 for k, v in raw.items()}, "weak_ema_step": 2}
+    for key in without:
+        del state[key]
+    save_checkpoint(path, state)
+    return state
+
+
+def test_resuming_needs_the_random_state_sampling_does_not(tmp_path):
+    training_checkpoint(tmp_path / "c.pth", rng=True)
+    read_checkpoint(tmp_path / "c.pth")  # enough to sample
+    with pytest.raises(UserError, match="missing rng"):
+        read_checkpoint(tmp_path / "c.pth", with_training_state=True)
+
+
+def test_shipped_weights_are_the_ema_and_the_weak_ema_in_half_precision(tmp_path):
+    state = training_checkpoint(tmp_path / "c.pth")
+    ship_weights(tmp_path / "c.pth", tmp_path / "s.pth", source="test")
+    shipped = torch.load(tmp_path / "s.pth", weights_only=True)
+    assert "model" not in shipped and "optimizer" not in shipped
+    assert shipped["step"] == 10 and shipped["weak_ema_step"] == 2
+    for key in ["ema", "weak_ema"]:
+        for name, value in shipped[key].items():
+            assert value.dtype == torch.float16
+            torch.testing.assert_close(value.float(), state[key][name], atol=2e-3, rtol=1e-3)
 
 
 def test_out_of_memory_becomes_the_given_one_line_error_and_nothing_else_does():

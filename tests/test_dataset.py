@@ -25,6 +25,9 @@ def test_scaled_to_minus_one_one():
     assert x.shape == (1, 1, 2, 2)
     assert x.min() == -1.0 and x.max() == 1.0
     assert torch.equal(to_uint8(x)[:, 0], images)  # the inverse is exact on uint8 values
+    # a sampler's output can leave [-1, 1]: clipped, then rounded to the nearest level
+    assert to_uint8(torch.tensor([-3.0, -1.0, 0.999, 1.0, 1.5, 7.0])).tolist() == [0, 0, 255, 255, 255, 255]
+    assert to_uint8(torch.tensor([-1 + 1.4 / 127.5, -1 + 1.6 / 127.5])).tolist() == [1, 2]
 
 
 def test_empty_directory_gives_clear_error(tmp_path):
@@ -56,6 +59,8 @@ def test_batches_cover_epoch_once_and_are_reproducible():
     assert tail == seen[64:]
     for x, y in batches.epoch(0):  # labels travel with their images
         assert torch.equal(to_uint8(x)[:, 0, 0, 0].long() % 10, y)
+    reseeded = InMemoryBatches(images, labels, batch_size=16, seed=4)  # another run's order
+    assert torch.cat([to_uint8(x)[:, 0, 0, 0] for x, _ in reseeded.epoch(0)]).tolist() != seen
 
 
 def test_rank_shards_do_not_overlap():
