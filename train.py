@@ -141,6 +141,19 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
     return cfg, checkpoint
 
 
+def heldout_digits(test_images: torch.Tensor, test_labels: torch.Tensor, cfg: Config,
+                   autoencoder: Autoencoder | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, labels) of the first cfg.train.eval_images test digits, as the model's data: pixels
+    in [-1, 1], or for a latent model their latents, one seeded draw each as for its training
+    images. The log's held-out loss is measured on them."""
+    n = cfg.train.eval_images
+    if autoencoder is None:
+        x0 = to_model_range(test_images[:n]).to(device)
+    else:
+        x0 = encode_images(autoencoder, test_images[:n], cfg.train.seed)  # on the model's device
+    return x0, test_labels[:n].to(device)
+
+
 def looking_inside(model: DiT, diffusion: GaussianDiffusion, heldout: tuple, cfg: Config,
                    with_heldout: bool) -> dict:
     """The log's view inside the model: each block's mean |gate| (attention and MLP) over every
@@ -195,15 +208,13 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     images, labels = load_mnist(data_dir, train=True)
     test_images, test_labels = load_mnist(data_dir, train=False)  # never trained on
-    n = cfg.train.eval_images
-    heldout = (to_model_range(test_images[:n]).to(device), test_labels[:n].to(device))
     autoencoder = None
     if cfg.autoencoder is not None:  # the latent preset: the DiT's data are latents, encoded once
         autoencoder = first_stage(cfg.autoencoder, images, out_dir, procs, cfg.train.seed,
                                   reuse=args.autoencoder, overwrite=args.overwrite,
                                   resumed=checkpoint)
         images = encode_images(autoencoder, images, cfg.train.seed)
-        heldout = (encode_images(autoencoder, test_images[:n], cfg.train.seed), heldout[1])
+    heldout = heldout_digits(test_images, test_labels, cfg, autoencoder, device)
     batches = InMemoryBatches(images, labels, cfg.train.batch_size, device, cfg.train.seed,
                               procs.rank, procs.world_size)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
