@@ -6,7 +6,16 @@ the benchmarks the same way: one loader for both."""
 import struct
 from pathlib import Path
 
+import pytest
 import torch
+
+from dataset import resolve_data_dir
+
+# For the tests that read the real MNIST (the data folder, or $DIT_DATA_DIR, holding MNIST/raw):
+# skipped where it is missing, as on a fresh checkout; .ci/run copies it there, so CI runs them.
+needs_real_mnist = pytest.mark.skipif(
+    not (resolve_data_dir() / "MNIST" / "raw").exists(),
+    reason=f"real MNIST not in {resolve_data_dir() / 'MNIST' / 'raw'} (.ci/run copies it there)")
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
 from common import load_decoder
 from common import load_model as load_sampling_model  # the EMA, with its autoguidance
-from helpers import X0Oracle, load_model, write_tiny_mnist
+from helpers import X0Oracle, load_model, needs_real_mnist, write_tiny_mnist
 from support.checkpoint import read_checkpoint, save_checkpoint
 from support.cli import UserError
 from support.mnist_classifier import classify, load_classifier
@@ -405,8 +405,7 @@ def test_shipped_latent_weights_are_plain_and_carry_their_autoencoder_and_weak_m
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+@needs_real_mnist
 def test_shipped_latent_weights_draw_the_digits_asked_for():
     """100 decoded samples (10 of each digit, the checkpoint's sampler and autoguidance) read by
     the MNIST classifier as the digit asked for, nearly all of them (0.988 of 1,000)."""

@@ -6,7 +6,7 @@ import torch
 from support.cli import UserError
 from dataset import (DATA_DIR_ENV, InMemoryBatches, load_mnist, resolve_data_dir,
                      to_model_range, to_uint8)
-from helpers import write_tiny_mnist
+from helpers import needs_real_mnist, write_tiny_mnist
 
 
 def test_reads_tiny_idx_mnist(tmp_path):
@@ -26,7 +26,8 @@ def test_scaled_to_minus_one_one():
     assert x.min() == -1.0 and x.max() == 1.0
     assert torch.equal(to_uint8(x)[:, 0], images)  # the inverse is exact on uint8 values
     # a sampler's output can leave [-1, 1]: clipped, then rounded to the nearest level
-    assert to_uint8(torch.tensor([-3.0, -1.0, 0.999, 1.0, 1.5, 7.0])).tolist() == [0, 0, 255, 255, 255, 255]
+    clipped = to_uint8(torch.tensor([-3.0, -1.0, 0.999, 1.0, 1.5, 7.0]))
+    assert clipped.tolist() == [0, 0, 255, 255, 255, 255]
     assert to_uint8(torch.tensor([-1 + 1.4 / 127.5, -1 + 1.6 / 127.5])).tolist() == [1, 2]
 
 
@@ -79,8 +80,7 @@ def test_batch_larger_than_data_is_a_user_error():
         InMemoryBatches(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.zeros(10), batch_size=32)
 
 
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data (.ci/run copies it there)")
+@needs_real_mnist
 def test_real_mnist_loads():
     # download=True: with the four .gz files in place torchvision only unpacks them, no network
     images, labels = load_mnist(resolve_data_dir(), train=False, download=True)

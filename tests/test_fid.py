@@ -15,7 +15,7 @@ from PIL import Image
 import fid_computer as fc
 import support.mnist_classifier as mc
 from dataset import load_mnist, resolve_data_dir
-from helpers import write_tiny_mnist
+from helpers import needs_real_mnist, write_tiny_mnist
 from support.image_files import labelled_file_name
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
@@ -172,8 +172,7 @@ def test_other_classifier_weights_give_another_cache_file(tiny, tmp_path, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+@needs_real_mnist
 def test_classifier_on_real_mnist():
     """Trains the classifier once if ./data has none (minutes on a CPU), then scores the test set."""
     data_dir = resolve_data_dir()
@@ -194,8 +193,7 @@ def test_classifier_on_real_mnist():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+@needs_real_mnist
 def test_precision_and_recall_tell_fidelity_from_variety_on_real_mnist():
     """1,000 training digits against the test set score high on both; 1,000 training digits of
     the digits 0-4 only (labels right, each digit real) keep their precision but lose recall:

@@ -18,7 +18,7 @@ from dit import DiT
 from dit_block import modulate
 from common import load_decoder
 from common import load_model as load_sampling_model  # the EMA, with its autoguidance
-from helpers import load_model, write_tiny_mnist
+from helpers import load_model, needs_real_mnist, write_tiny_mnist
 from support.checkpoint import read_log, write_log
 from support.mnist_classifier import classify, load_classifier
 from support.sampling import class_labels, generate
@@ -227,8 +227,7 @@ def test_shipped_weights_were_trained_with_their_preset_as_it_stands(path, prese
     assert shipped.to_dict() == get_preset(preset).to_dict()  # a field added since: its default
 
 
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+@needs_real_mnist
 @pytest.mark.parametrize("path", [SHIPPED, SHIPPED.parent / "latent" / "model.pth"])
 def test_shipped_weights_denoise_the_heldout_digits_as_training_logged(path):
     """The held-out noise MSE that training logged last (log.csv beside the weights: the raw
@@ -249,8 +248,7 @@ def test_shipped_weights_denoise_the_heldout_digits_as_training_logged(path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (resolve_data_dir() / "MNIST" / "raw").exists(),
-                    reason="real MNIST not in ./data/MNIST/raw (.ci/run copies it there)")
+@needs_real_mnist
 def test_shipped_weights_draw_the_digits_asked_for():
     """100 samples (10 of each digit, the checkpoint's sampler) read by the MNIST classifier as
     the digit asked for, nearly all of them (the default scores about 0.98 on 1,000)."""
