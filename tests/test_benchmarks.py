@@ -58,7 +58,8 @@ def test_matmul_peak_stops_growing_where_a_product_gets_slow(tick, side, reps, m
     """The side doubles from 256 while 8x one product's time stays within the budget (1 s), up
     to n_max; then `reps` products fill about the budget, and the rate is their FLOPs over the
     time they took (real products, a clock whose every reading is `tick` later, in binary
-    fractions so the sums are exact: a product timed at 0.25 s stops at 256 at once, so a slow bf16 kernel costs seconds, not minutes)."""
+    fractions so the sums are exact: a product timed at 0.25 s stops at 256 at once, so a slow
+    bf16 kernel costs seconds, not minutes)."""
     clock = FakeClock(tick)
     monkeypatch.setattr(tt, "time", clock)
     gflops = tt.matmul_peak_gflops("cpu", torch.float32, n_max=512)
