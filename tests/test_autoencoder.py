@@ -404,6 +404,17 @@ def test_shipped_latent_weights_are_plain_and_carry_their_autoencoder_and_weak_m
     assert autoencoder.scale_factor.item() == pytest.approx(1.17, abs=0.01)  # measured, stored
 
 
+def test_shipped_autoencoder_gives_back_a_drawn_stroke_on_black():
+    """Through the shipped first stage and back, a blank image stays black (-1, not the 0 of a
+    decoder that forgot to rescale its [0, 1] ink probabilities) and a bar stays white."""
+    autoencoder = load_decoder(SHIPPED_LATENT)
+    images = -torch.ones(2, 1, 28, 28)
+    images[1, 0, 4:24, 12:16] = 1  # a "1": a white bar 4 pixels wide
+    rebuilt = autoencoder.to_pixels(autoencoder.to_latent(images, torch.Generator().manual_seed(0)))
+    assert (rebuilt - images).abs().mean() < 0.05  # measured: 0.007
+    assert rebuilt[0].max() < -0.9 and rebuilt[1, 0, 6:22, 13:15].min() > 0.9
+
+
 @pytest.mark.slow
 @needs_real_mnist
 def test_shipped_latent_weights_draw_the_digits_asked_for():

@@ -85,3 +85,14 @@ def test_out_of_memory_becomes_the_given_one_line_error_and_nothing_else_does():
 def test_unknown_precision_is_refused():
     with pytest.raises(UserError, match="--amp must be one of auto, bf16, off"):
         use_bf16("fp8", torch.device("cpu"))
+
+
+def test_weights_that_miss_a_tensor_or_bring_an_extra_one_are_refused_in_one_line():
+    from support.checkpoint import load_weights
+
+    module = torch.nn.Linear(3, 2)
+    state = module.state_dict()
+    for damaged in [{"weight": state["weight"]}, {**state, "scale": torch.ones(1)}]:
+        with pytest.raises(UserError, match="do not match its config") as e:
+            load_weights(torch.nn.Linear(3, 2), damaged, "model.pth")
+        assert "\n" not in str(e.value)

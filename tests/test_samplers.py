@@ -349,3 +349,25 @@ def test_sample_grid_draws_row_k_as_the_k_th_digit_asked_for():
     means = grid.flatten(1).mean(1)  # row-major: digit 3 twice, then 1 twice, then 4 twice
     torch.testing.assert_close(means, torch.tensor([0.3, 0.3, 0.1, 0.1, 0.4, 0.4]), atol=2e-3,
                                rtol=0)
+
+
+class MatmulDtype(LabelOracle):
+    """LabelOracle that records the dtype its matrix product runs in: float32 unless autocast."""
+
+    def forward_with_cfg(self, x, t, y, cfg_scale):
+        self.dtypes.add((x.float().flatten(1) @ torch.ones(x[0].numel(), 1)).dtype)
+        return super().forward_with_cfg(x, t, y, cfg_scale)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_generate_runs_the_network_in_bf16_only_when_asked(bf16):
+    from config import get_preset
+    from support.sampling import generate
+
+    cfg = get_preset("tiny")
+    cfg.sample.sampler, cfg.sample.steps = "ddim", 3
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    model = MatmulDtype(diffusion)
+    model.dtypes = set()
+    generate(model, diffusion, torch.tensor([1, 2]), cfg, torch.Generator().manual_seed(0), bf16=bf16)
+    assert model.dtypes == {torch.bfloat16 if bf16 else torch.float32}
