@@ -42,8 +42,8 @@ from config import PRESETS, Config
 from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from dit import DiT, with_autoguidance
-from support.checkpoint import (load_weights, read_checkpoint, read_log, save_checkpoint,
-                                set_rng_state, write_log)
+from support.checkpoint import (load_weights, read_checkpoint, read_log, remove_kept_files,
+                                save_checkpoint, set_rng_state, write_log)
 from support.cli import (AMP_CHOICES, UserError, add_override_flags, config_from_args, exit_status,
                          out_of_memory_as_error, use_bf16)
 from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather,
@@ -259,6 +259,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     if args.compile:
         train_model = torch.compile(train_model)
     if procs.is_main:
+        if args.overwrite and (removed := remove_kept_files(out_dir)):
+            print(f"--overwrite: removed {removed} kept checkpoints and sample grids of the "
+                  f"earlier run in {out_dir}")
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         where = f"{device}" + (f" x {procs.world_size} processes" if procs.world_size > 1 else "")
         print(f"device: {where} | bf16 autocast: {'on' if bf16 else 'off'} | "
@@ -375,7 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder holding MNIST/raw/ (default: $DIT_DATA_DIR or ./data)")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/model.pth")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if <out-dir>/model.pth exists")
+                   help="start afresh even if <out-dir>/model.pth exists (the earlier run's "
+                        "step_*.pth and sample grids are deleted)")
     p.add_argument("--autoencoder", default=None,
                    help="--preset latent: reuse this finished autoencoder.pth (default: the one "
                         "in <out-dir> if there is one and not --overwrite, else train a new one "

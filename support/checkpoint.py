@@ -60,6 +60,19 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def remove_kept_files(out_dir: str | Path) -> int:
+    """Delete what a run leaves beside its latest checkpoint: the kept step_*.pth and the sample
+    grids (samples/step_*.png, samples/final.png). `train.py --overwrite` calls it so that a
+    new run's folder holds nothing of the run it replaces; model.pth, log.csv and loss.png are
+    replaced as the new run writes them. Returns how many files it deleted."""
+    out_dir = Path(out_dir)
+    stale = [*out_dir.glob("step_*.pth"), *(out_dir / "samples").glob("step_*.png"),
+             *(out_dir / "samples").glob("final.png")]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
 # ------------------------------------------------------------------------------ the training log
 
 def write_log(rows: list[dict], path: str | Path) -> None:

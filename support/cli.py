@@ -116,7 +116,7 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
     "weak_model_at": "keep the EMA at this fraction of the run as autoguidance's weak model "
                      "(0 = none)",
     "keep_every": "also keep every K-th step's checkpoint, as step_0003000.pth for step 3000 "
-                  "(0 = only the latest; --overwrite leaves an earlier run's kept files)",
+                  "(0 = only the latest)",
 }
 MODEL_FLAGS = {  # field of ModelConfig -> help
     "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset latent)",

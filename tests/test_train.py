@@ -73,6 +73,20 @@ def test_keep_every_keeps_those_steps_checkpoints_beside_the_latest(tiny_data, t
     assert final["step"] == 5
 
 
+def test_overwrite_leaves_nothing_of_the_run_it_replaces(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "6", "--keep-every", "2") == 0
+    assert len(list(tmp_path.glob("step_*.pth"))) == 3
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("mine")
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--overwrite") == 0
+    assert "removed 5 kept checkpoints and sample grids" in capsys.readouterr().out
+    assert not list(tmp_path.glob("step_*.pth"))  # step 6's would pass for the new run's
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["final.png"]  # the new run's: 3 steps, so no grid at step 4
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 3
+    assert unrelated.read_text() == "mine"
+
+
 def test_the_checkpoint_keeps_the_ema_of_a_fifth_of_the_run_as_the_weak_model(tiny_data, tmp_path):
     assert run_train(tiny_data, tmp_path, "--max-steps", "10", "--keep-every", "2") == 0
     final = torch.load(tmp_path / "model.pth", weights_only=True)
