@@ -65,10 +65,11 @@ def write_class_images(model: DiT | Autoguided, diffusion: GaussianDiffusion, cf
 
     out_dir = Path(out_dir).resolve()  # resolved: "." has no name to derive the sibling's from
     if out_dir.exists():
-        foreign = [p.name for p in out_dir.iterdir() if not LABELLED_NAME.match(p.name)]
+        foreign = ([p.name for p in out_dir.iterdir() if not LABELLED_NAME.match(p.name)]
+                   if out_dir.is_dir() else [out_dir.name])
         if not out_dir.is_dir() or foreign:
             raise UserError(f"{out_dir} holds {'files' if out_dir.is_dir() else 'a file'} this "
-                            f"script did not write (e.g. {(foreign or [out_dir.name])[0]!r}), so "
+                            f"script did not write (e.g. {foreign[0]!r}), so "
                             "it will not replace it: pass another --out-dir")
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # our own leftover from an interrupted run

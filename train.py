@@ -138,6 +138,10 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
         raise UserError(f"{ckpt_path} was trained with {was[0]} process(es) and bf16 "
                         f"{'on' if was[1] else 'off'}; resume it the same way (torchrun "
                         f"--nproc_per_node, --amp), or start a new run")
+    used = checkpoint.get("train_seconds", 0.0) / 60
+    if 0 < cfg.train.time_limit <= used:  # else each --resume would add one step and stop
+        raise UserError(f"{ckpt_path} has already trained {used:.1f} min, its --time-limit of "
+                        f"{cfg.train.time_limit:g}: resume with a larger --time-limit (0 = none)")
     return cfg, checkpoint
 
 
@@ -357,7 +361,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                   f"python train.py --resume --out-dir {out_dir}")
             return stops.exit_status()
         if step < total_steps:
-            print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}")
+            print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}: train on "
+                  f"with python train.py --resume --out-dir {out_dir} --time-limit MINUTES")
         final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png",
                              autoencoder, weak_ema)
         print(f"samples: {final}")

@@ -314,3 +314,8 @@ def test_class_files_replace_the_folder_whole_and_refuse_foreign_files(checkpoin
     assert (folder / "notes.txt").read_text() == "mine"
     assert inference.main(argv + ["--num-per-class", "1", "--trajectory"]) == 1
     assert "image files only" in capsys.readouterr().err
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    assert inference.main(argv[:3] + [str(a_file), "--steps", "2", "--num-per-class", "1"]) == 1
+    assert "holds a file this script did not write" in capsys.readouterr().err
+    assert a_file.read_text() == "mine"

@@ -366,9 +366,13 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
     first = torch.load(tmp_path / "model.pth", weights_only=True)
     assert "time limit of 0.02 min reached" in capsys.readouterr().out
     assert 1.2 <= first["train_seconds"] < 30 and first["step"] > 0
-    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.04", "--resume") == 0
+    # a limit already used up is refused: else each --resume would add one step and stop again
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.02", "--resume") == 1
+    assert "resume with a larger --time-limit" in capsys.readouterr().err
+    limit = first["train_seconds"] / 60 + 0.02
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", f"{limit}", "--resume") == 0
     second = torch.load(tmp_path / "model.pth", weights_only=True)
-    assert second["step"] > first["step"] and 2.4 <= second["train_seconds"] < 60
+    assert second["step"] > first["step"] and limit * 60 <= second["train_seconds"] < 60
 
 
 def test_ema_flags_reach_the_config():
