@@ -13,8 +13,10 @@ the image back, with a small KL term that keeps the latents near N(0, I):
 
 Then the latent model is trained on z * scale_factor: the factor (1 / the standard deviation of
 the training set's latents, measured once and stored with the weights) makes the latents
-unit-variance, the scale that the noise schedule assumes of its data. DiT's 0.18215 is the same
-number for Stable Diffusion's autoencoder, whose latents have a standard deviation near 5.5.
+unit-variance, about the scale the noise schedule's signal-to-noise ratios were set for (MNIST's
+pixels in [-1, 1] have a standard deviation of 0.6): at another scale every t would hold another
+ratio. DiT's 0.18215 is the same number for Stable Diffusion's autoencoder, whose latents have a
+standard deviation near 5.5.
 
 Letters in shape comments: B batch, C latent channels, H, W sides.
 """

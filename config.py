@@ -90,7 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # DiT trains without weight decay
     # Steps of linear learning-rate warm-up (0 = the full rate from the first step): at this size
     # the warm-up cost more than it saved ("Levers"). Larger models may still want it (the gpu
-    # preset keeps 500, as DiT-sized Transformers usually do).
+    # preset adds 500, common for Transformers of that size; DiT itself has none).
     warmup_steps: int = 0
     # Cosine decay of the rate over the run (epochs or max_steps), towards 0 one step after the
     # last: the last steps are small and average out their noise, so the raw weights end nearly as
@@ -282,7 +282,8 @@ def _preset_cpu() -> Config:
 
 
 def _preset_gpu() -> Config:
-    # A larger model for a GPU: DiT-S's width and depth, DiT's patch 2 and constant learning rate.
+    # A larger model for a GPU: DiT-S's width and depth, DiT's patch 2 and constant learning rate
+    # (after a 500-step warm-up that DiT does not have).
     return Config(
         model=ModelConfig(patch_size=2, hidden_size=384, depth=12, num_heads=6),
         train=TrainConfig(batch_size=256, lr=3e-4, epochs=30, warmup_steps=500,

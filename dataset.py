@@ -97,8 +97,8 @@ class InMemoryBatches:
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) with x float (B, 1, 28, 28) in [-1, 1] (or (B, C, h, w) latents) and y
         int64 (B,), skipping the first `skip` batches (to resume in the middle of an epoch)."""
-        # 1,000,003 is a prime larger than any epoch count: distinct (seed, epoch) pairs never
-        # give the same generator seed.
+        # 1,000,003 is larger than any epoch count, so distinct (seed, epoch) pairs never give the
+        # same generator seed.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.images), generator=g)
         order = order[self.rank : self.per_rank * self.world_size : self.world_size]  # this rank's shard

@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digit", type=int, default=None,
                    help="index of the MNIST test digit shown (default: 0)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the noise of attention and sampling (default: 0)")
+                   help="seed of the noise of attention, sampling, reconstructions and latents "
+                        "(default: 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--amp", choices=AMP_CHOICES, default=None,
                    help="bf16 autocast for sampling (default: auto, on CUDA only)")
