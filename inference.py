@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the grid)")
     g = p.add_argument_group("image files for fid_computer.py")
     g.add_argument("--num-per-class", type=int,
-                   help="write this many PNG files per digit into --out-dir instead of a grid")
+                   help="write this many PNG files per digit into --out-dir instead of a grid "
+                        "(they replace the folder's earlier images)")
     g.add_argument("--out-dir", help="folder for --num-per-class files (default: images/fake)")
     g.add_argument("--batch-size", type=int, help="images sampled at once (default: 500)")
     return p.parse_args(argv)
@@ -166,6 +167,11 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
     for name in ["per_row", "batch_size", "num_per_class"]:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ["output", "trajectory", "guidance_strip"]:  # before the minutes of sampling
+        path = getattr(args, name)
+        if isinstance(path, str) and Path(path).suffix.lower() != ".png":
+            raise UserError(f"--{flag(name)} {path}: the picture is a PNG; give a file name "
+                            "ending in .png")
 
 
 def run(args: argparse.Namespace) -> None:

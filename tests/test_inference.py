@@ -247,6 +247,10 @@ def test_model_rebuilt_from_checkpoint_config(checkpoint):
     (["--eta", "-0.5"], "--eta must be between 0 and 1, got -0.5"),
     (["--eta", "1.5"], "--eta must be between 0 and 1, got 1.5"),
     (["--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
+    (["--output", "runs/"], "--output runs/: the picture is a PNG"),
+    (["--output", "grid.jpg"], "give a file name ending in .png"),
+    (["--trajectory", "trajectory"], "--trajectory trajectory: the picture is a PNG"),
+    (["--guidance-strip", "strip.txt"], "--guidance-strip strip.txt: the picture is a PNG"),
 ])
 def test_bad_sampling_flags(checkpoint, capsys, flags, message):
     assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
