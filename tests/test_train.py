@@ -162,6 +162,16 @@ def test_resume_refuses_changed_model_flag(tiny_data, tmp_path, capsys):
     assert "--hidden-size 64 differs" in capsys.readouterr().err
 
 
+def test_resuming_a_run_with_no_steps_left_says_how_to_train_on(tiny_data, tmp_path, capsys):
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3") == 0
+    before = (tmp_path / "model.pth").read_bytes()
+    for more in [[], ["--max-steps", "2"]]:  # finished, or a shorter run than the one done
+        assert run_train(tiny_data, tmp_path, "--resume", *more) == 1
+        assert "resume with a larger --max-steps or --epochs" in capsys.readouterr().err
+    assert (tmp_path / "model.pth").read_bytes() == before
+    assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "4") == 0
+
+
 @pytest.mark.parametrize("again, message", [
     (["--max-steps", "2"], "already exists: pass --resume"),  # a second run into the same folder
     (["--resume", "--overwrite"], "pass one of them"),
