@@ -24,6 +24,7 @@ Letters in shape comments: B batch, C latent channels, H, W sides.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -283,7 +284,13 @@ def first_stage(cfg: AutoencoderConfig, images: torch.Tensor, out_dir: str | Pat
         return autoencoder.to(device)
     if procs.is_main:
         started = time.time()
-        autoencoder, log = train_autoencoder(images, cfg, device, seed)
+        try:
+            autoencoder, log = train_autoencoder(images, cfg, device, seed)
+        except KeyboardInterrupt:  # before the DiT's first checkpoint: --resume has nothing yet
+            print(f"the autoencoder was {time.time() - started:.0f} s into its training and is "
+                  "not saved: run the same command again (without --resume) to start over",
+                  file=sys.stderr)
+            raise
         path.parent.mkdir(parents=True, exist_ok=True)
         save_autoencoder(path, autoencoder, time.time() - started)
         print(f"autoencoder: trained in {time.time() - started:.0f} s, reconstruction "

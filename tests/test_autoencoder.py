@@ -295,6 +295,18 @@ def test_latent_resume_continues_exactly(tiny_data, tmp_path):
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_ctrl_c_while_the_autoencoder_trains_says_to_start_over(tiny_data, tmp_path, monkeypatch,
+                                                                capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("autoencoder.train_autoencoder", interrupted)
+    assert train.main(latent_args(tiny_data, tmp_path / "run", "--max-steps", "2")) == 130
+    err = capsys.readouterr().err
+    assert "not saved: run the same command again (without --resume)" in err
+    assert "interrupted (Ctrl-C)" in err and not (tmp_path / "run" / "model.pth").exists()
+
+
 @pytest.mark.slow
 def test_latent_run_under_torchrun_trains_the_autoencoder_once(tiny_data, tmp_path):
     """Two gloo processes: the first trains and saves the autoencoder, the second waits and reads
