@@ -96,8 +96,9 @@ def real_image_files(real: str | Path = REAL_DIR, data_dir: str | Path | None = 
             print(f"real: exported {written} MNIST test images to {real}")
     files = image_files(real)
     if not files:
-        raise UserError(f"no real folder {real}" if not Path(real).is_dir() else
-                        f"the real folder {real} is empty: it must hold the images to compare with")
+        raise UserError((f"no real folder {real}" if not Path(real).is_dir() else
+                         f"the real folder {real} is empty") + ": pass a folder of real digits, "
+                        f"or drop --real to compare with the MNIST test set ({REAL_DIR})")
     return files
 
 

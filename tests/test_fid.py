@@ -336,7 +336,9 @@ def test_command_line_error_has_no_traceback(tmp_path):
     proc = run_script(["--metric", "mnist", "--real", tmp_path / "nothing", "--fake", fake],
                       tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: no real folder {tmp_path / 'nothing'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no real folder {tmp_path / 'nothing'}: pass a folder of real digits, or drop "
+        f"--real to compare with the MNIST test set ({fc.REAL_DIR})"]
 
 
 def test_nothing_sampled_yet_names_the_inference_command(tmp_path, capsys):
