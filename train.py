@@ -250,9 +250,14 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             loss_since_log, steps_since_log = checkpoint["log_window"][procs.rank]
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
-    if step >= total_steps > 0:  # a resumed run with nothing left to do
-        raise UserError(f"{ckpt_path} is at step {step} already, and this run ends at step "
+    if step > total_steps:  # a resumed run asked to end before where it is
+        raise UserError(f"{ckpt_path} is at step {step} already, past this run's end at step "
                         f"{total_steps}: to train on, resume with a larger --max-steps or --epochs")
+    if checkpoint is not None and step == total_steps:  # finished: leave it as it is
+        if procs.is_main:
+            print(f"{ckpt_path} is finished (step {step} of {total_steps}): nothing to train; to "
+                  "train on, resume with a larger --max-steps or --epochs")
+        return 0
     sample_every = cfg.train.sample_every or steps_per_epoch
     if weak_ema is None:  # 0 with weak_model_at 0: no step is 0, so none is kept
         weak_step = round(cfg.train.weak_model_at * total_steps)

@@ -165,10 +165,14 @@ def test_resume_refuses_changed_model_flag(tiny_data, tmp_path, capsys):
 def test_resuming_a_run_with_no_steps_left_says_how_to_train_on(tiny_data, tmp_path, capsys):
     assert run_train(tiny_data, tmp_path, "--max-steps", "3") == 0
     before = (tmp_path / "model.pth").read_bytes()
-    for more in [[], ["--max-steps", "2"]]:  # finished, or a shorter run than the one done
-        assert run_train(tiny_data, tmp_path, "--resume", *more) == 1
-        assert "resume with a larger --max-steps or --epochs" in capsys.readouterr().err
+    final = (tmp_path / "samples" / "final.png").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_train(tiny_data, tmp_path, "--resume") == 0  # finished: left as it is
+    assert "nothing to train; to train on, resume with a larger" in capsys.readouterr().out
+    assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "2") == 1  # ends before
+    assert "past this run's end at step 2" in capsys.readouterr().err
     assert (tmp_path / "model.pth").read_bytes() == before
+    assert (tmp_path / "samples" / "final.png").stat().st_mtime_ns == final
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "4") == 0
 
 
