@@ -140,7 +140,7 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
                         f"--nproc_per_node, --amp), or start a new run")
     used = checkpoint.get("train_seconds", 0.0) / 60
     if 0 < cfg.train.time_limit <= used:  # else each --resume would add one step and stop
-        raise UserError(f"{ckpt_path} has already trained {used:.1f} min, its --time-limit of "
+        raise UserError(f"{ckpt_path} has trained {used:.3g} min, its whole --time-limit of "
                         f"{cfg.train.time_limit:g}: resume with a larger --time-limit (0 = none)")
     return cfg, checkpoint
 
@@ -370,7 +370,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             return stops.exit_status()
         if step < total_steps:
             print(f"time limit of {cfg.train.time_limit:g} min reached at step {step}: train on "
-                  f"with python train.py --resume --out-dir {out_dir} --time-limit MINUTES")
+                  f"with python train.py --resume --out-dir {out_dir} --time-limit M (M > "
+                  f"{cfg.train.time_limit:g}, or 0 for none)")
         final = save_samples(ema, diffusion, cfg, bf16, out_dir / "samples" / "final.png",
                              autoencoder, weak_ema)
         print(f"samples: {final}")
