@@ -13,6 +13,8 @@ torchvision expects the files in `<data dir>/MNIST/raw/`; when they are there no
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +26,13 @@ from support.cli import UserError
 
 DATA_DIR_ENV = "DIT_DATA_DIR"  # environment variable that names the data directory
 DEFAULT_DATA_DIR = "data"  # git-ignored folder in the project
+# The four original files and their MD5s, as published with MNIST and checked by torchvision.
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
 
 
 def resolve_data_dir(flag: str | None = None) -> Path:
@@ -46,6 +55,14 @@ def load_mnist(data_dir: str | Path, train: bool = True,
         ds = MNIST(str(data_dir), train=train, download=download)
     except (RuntimeError, URLError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        damaged = damaged_files(raw)
+        if damaged:  # the files are there but cut short: "not found" would send the user astray
+            fix = (" and copy the original .gz files in again (with internet they are downloaded "
+                   "again)" if any(name.endswith(".gz") for name in damaged)
+                   else ": the next run unpacks the .gz files again")
+            raise UserError(f"MNIST in {raw} is damaged ({reason}): {', '.join(damaged)} cut short "
+                            f"or corrupt; delete {'it' if len(damaged) == 1 else 'them'}{fix}"
+                            ) from None
         how = "could not be downloaded" if download else "downloading is off"
         raise UserError(
             f"MNIST not found in {raw} and {how} ({reason}): copy the four MNIST files "
@@ -53,6 +70,35 @@ def load_mnist(data_dir: str | Path, train: bool = True,
             "to a folder that has MNIST/raw/ in it"
         ) from None
     return ds.data, ds.targets
+
+
+def damaged_files(raw: Path) -> list[str]:
+    """The MNIST files in `raw` that are there but not whole: a .gz whose MD5 is not the
+    original's, or an unpacked file shorter or longer than its own header says."""
+    damaged = []
+    for packed, md5 in MNIST_FILES.items():
+        if (raw / packed).is_file():
+            if hashlib.md5((raw / packed).read_bytes()).hexdigest() != md5:
+                damaged.append(packed)
+        unpacked = raw / packed.removesuffix(".gz")
+        if unpacked.is_file() and not _idx_is_whole(unpacked):
+            damaged.append(unpacked.name)
+    return damaged
+
+
+def _idx_is_whole(path: Path) -> bool:
+    """Whether an unpacked IDX file holds exactly what its header promises. The header is two zero
+    bytes, a type byte (8 = uint8), the number of dimensions, then each dimension as a 4-byte
+    big-endian integer; one byte per value follows."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if len(magic) < 4 or magic[:3] != bytes([0, 0, 8]):
+            return False
+        dims = f.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
+        return False
+    sizes = [int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4)]
+    return path.stat().st_size == 4 + len(dims) + math.prod(sizes)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from support.cli import UserError
-from dataset import (DATA_DIR_ENV, InMemoryBatches, load_mnist, resolve_data_dir,
-                     to_model_range, to_uint8)
+from dataset import (DATA_DIR_ENV, InMemoryBatches, damaged_files, load_mnist,
+                     resolve_data_dir, to_model_range, to_uint8)
 from helpers import needs_real_mnist, write_tiny_mnist
 
 
@@ -33,6 +33,25 @@ def test_scaled_to_minus_one_one():
 
 def test_empty_directory_gives_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"MNIST not found in .*MNIST.raw.*--data-dir"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_cut_short_files_are_called_damaged_not_missing(tmp_path):
+    raw = write_tiny_mnist(tmp_path, n_train=50, n_test=20) / "MNIST" / "raw"
+    whole = (raw / "train-images-idx3-ubyte").read_bytes()
+    (raw / "train-images-idx3-ubyte").write_bytes(whole[:-100])  # a copy that stopped early
+    with pytest.raises(UserError, match=r"damaged.*: train-images-idx3-ubyte cut short.*delete it: "
+                                        r"the next run unpacks"):
+        load_mnist(tmp_path, download=False)
+    (raw / "train-images-idx3-ubyte").write_bytes(whole)  # whole again: it loads
+    assert damaged_files(raw) == []
+    assert load_mnist(tmp_path, download=False)[0].shape == (50, 28, 28)
+    # a .gz that is not the original (here, the first bytes of one) is named, whatever else is there
+    for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]:
+        (raw / name).unlink()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08" + bytes(50))
+    with pytest.raises(UserError, match=r"damaged.*: train-images-idx3-ubyte.gz cut short.*"
+                                        r"delete it and copy the original .gz files in again"):
         load_mnist(tmp_path, download=False)
 
 
@@ -86,3 +105,4 @@ def test_real_mnist_loads():
     images, labels = load_mnist(resolve_data_dir(), train=False, download=True)
     assert images.shape == (10000, 28, 28)
     assert labels.bincount().tolist()[0] == 980
+    assert damaged_files(resolve_data_dir() / "MNIST" / "raw") == []  # the originals' MD5s match
