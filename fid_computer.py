@@ -22,8 +22,8 @@ It scores folders; inference.py samples them. In the order of this file:
 
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
-It needs a full-rank covariance, so at least d + 1 images for d-dim features. Estimated from
-samples it is biased upwards, the more so the fewer the images: compare scores only at equal
+Estimated from images, it needs at least d + 1 of them for d-dim features: fewer give a singular
+covariance, blind to whole directions of the features. Estimated from samples it is biased upwards, the more so the fewer the images: compare scores only at equal
 numbers, and with the floor that real digits score at that number (benchmarks/README.md, "The
 floor of the scores"). The Inception network is slow on a CPU, each digit resized to 299 x 299:
 the real set's statistics are computed once and cached.
@@ -260,32 +260,43 @@ def run(args: argparse.Namespace) -> None:
                         "not compute: drop --dims, or pass --metric inception or all")
     args.dims = args.dims or 2048
 
-    # 1. The generated folder first: if nothing was sampled yet, that is the first thing to say.
+    # 1. The generated folder first, and enough images of the right size for each score's
+    #    features: a bad folder fails in seconds, before the real set is exported or a network
+    #    is loaded. With --metric all, FID is skipped with a warning where it cannot be computed
+    #    (too few images for its features, no weights) and the MNIST scores still come.
     fake = read_fake_folder(args.fake, args.metric)
+    more = f"sample more: {sample_command(args.fake, args.metric)}"
+    fid_skipped = None  # why FID cannot be computed here, with --metric all
+    if args.metric != "mnist":
+        try:
+            check_enough_images(len(fake.files), args.dims, args.fake, "FID",
+                                f"{more}, or pass a smaller --dims (64, 192 or 768)")
+        except UserError as e:
+            if args.metric == "inception":
+                raise
+            fid_skipped = e
+    if args.metric != "inception":
+        check_enough_images(len(fake.files), MnistClassifier.FEATURE_DIMS, args.fake, "MNIST-FD",
+                            more)
+        check_mnist_size(fake.pixels, f"the images in {args.fake}")
     print(f"device: {device} | metric: {args.metric}")
 
     # 2. The real set: the MNIST test set, exported once.
     real_files = real_image_files(args.real, args.data_dir)
 
-    # 3. The networks, and enough generated images for each one's features (checked before
-    #    the long Inception run, so that a bad folder fails in seconds).
-    #    With --metric all, FID is skipped with a warning where it cannot be computed (too few
-    #    images for its features, no weights) and the MNIST scores still come.
+    # 3. The networks: Inception's weights (downloaded once, if they can be), and the MNIST
+    #    classifier (trained once, in about a minute).
     inception = classifier = None
-    more = f"sample more: {sample_command(args.fake, args.metric)}"
-    if args.metric != "mnist":
+    if args.metric != "mnist" and fid_skipped is None:
         try:
-            check_enough_images(len(fake.files), args.dims, args.fake, "FID",
-                                f"{more}, or pass a smaller --dims (64, 192 or 768)")
             inception = load_inception(args.dims, device)
-        except UserError as e:  # too few images, or InceptionWeightsMissing
+        except UserError as e:  # InceptionWeightsMissing
             if args.metric == "inception":
                 raise
-            print(f"warning: FID skipped: {e}", file=sys.stderr)
+            fid_skipped = e
+    if fid_skipped is not None:
+        print(f"warning: FID skipped: {fid_skipped}", file=sys.stderr)
     if args.metric != "inception":
-        check_enough_images(len(fake.files), MnistClassifier.FEATURE_DIMS, args.fake, "MNIST-FD",
-                            more)
-        check_mnist_size(fake.pixels, f"the images in {args.fake}")
         classifier = load_classifier(resolve_data_dir(args.data_dir), load_mnist, device)
     print(f"scoring {len(fake.files)} images in {args.fake} "
           f"against {len(real_files)} in {args.real}")

@@ -7,7 +7,8 @@ Each set's features (N, d) are summarised by a Gaussian, their mean and covarian
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
 
 The covariance of d-dim features from n images has rank at most n - 1: with fewer than d + 1
-images it is singular and the distance means nothing (`check_enough_images`).
+images the estimate is singular, blind to whole directions of the features, and the distance
+computed from it is not the one between the two sets (`check_enough_images`).
 """
 
 from __future__ import annotations

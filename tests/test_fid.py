@@ -332,7 +332,7 @@ def run_script(argv, cwd):
 
 def test_command_line_error_has_no_traceback(tmp_path):
     """As a user sees it: one line on stderr, exit status 1."""
-    fake = write_pngs(tmp_path / "fake", 3)
+    fake = write_pngs(tmp_path / "fake", 130)  # enough for MNIST-FD's 128 dims
     proc = run_script(["--metric", "mnist", "--real", tmp_path / "nothing", "--fake", fake],
                       tmp_path)
     assert proc.returncode == 1
@@ -354,6 +354,17 @@ def test_nothing_sampled_yet_names_the_inference_command(tmp_path, capsys):
     # The standard FID wants 10,000 images, as many as the test set.
     status, out, err = run_main(["--fake", tmp_path / "missing"], capsys)
     assert status == 1 and "--num-per-class 1000 --out-dir" in err
+
+
+def test_too_few_images_fail_before_the_real_set_is_exported(tmp_path, monkeypatch, capsys):
+    """The count is checked in seconds, before the minute of exporting the test set or training
+    the classifier: a folder of 10 is refused with nothing exported."""
+    fake = write_pngs(tmp_path / "fake", 10)
+    monkeypatch.chdir(tmp_path)  # where the real set (images/real) would be exported
+    status, out, err = run_main(["--metric", "mnist", "--fake", fake], capsys)
+    assert status == 1 and "10 images, but the MNIST-FD with 128-dim features needs at least 129" \
+        in err
+    assert not (tmp_path / fc.REAL_DIR).exists()
 
 
 def test_metric_all_on_too_few_images_for_fid_skips_it_and_scores_mnist(tiny, tmp_path, capsys):
