@@ -128,9 +128,12 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        # the unpickler's own reason, without PyTorch's advice around it (which suggests loading
+        # with weights_only=False: exactly what a file of unknown origin must not get)
+        reason = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0]
+        reason = reason.split(". ")[0].rstrip(".") or type(e).__name__
         raise UserError(f"{path} is not a plain checkpoint (weights_only loading refused it: "
-                        f"{first[:120]}); only load checkpoints written by train.py") from None
+                        f"{reason}); only load checkpoints written by train.py") from None
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (EOFError,
         # RuntimeError from the zip reader, IndexError from the unpickler, ...): all mean "corrupt"
         raise UserError(f"{path} is corrupt or truncated ({type(e).__name__}): retrain, or "

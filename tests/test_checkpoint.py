@@ -71,6 +71,24 @@ def test_shipped_weights_are_the_ema_and_the_weak_ema_in_half_precision(tmp_path
             torch.testing.assert_close(value.float(), state[key][name], atol=2e-3, rtol=1e-3)
 
 
+class NotPlain:
+    """A class a checkpoint must not hold: unpickling it could run code."""
+
+
+def test_a_file_that_is_no_plain_checkpoint_is_refused_with_the_unpicklers_reason(tmp_path):
+    torch.save({"ema": {}, "config": NotPlain()}, tmp_path / "code.pth")
+    with pytest.raises(UserError) as refused:
+        read_checkpoint(tmp_path / "code.pth")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'code.pth'} is not a plain checkpoint")
+    assert message.endswith("only load checkpoints written by train.py") and "\n" not in message
+    reason = message.split("refused it: ", 1)[1].rsplit("); only load", 1)[0]
+    assert reason and ". " not in reason  # one sentence: PyTorch's advice around it is left out
+    (tmp_path / "notes.pth").write_text("# not a checkpoint at all\n")  # text: not a zip, a pickle
+    with pytest.raises(UserError, match="notes.pth is (not a plain checkpoint|corrupt)"):
+        read_checkpoint(tmp_path / "notes.pth")
+
+
 def test_out_of_memory_becomes_the_given_one_line_error_and_nothing_else_does():
     for oom in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
                 RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")):
