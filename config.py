@@ -138,6 +138,9 @@ class TrainConfig:
                                "keep_every"], least=0)
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if not self.min_snr_gamma >= 0:
+            raise UserError(f"--min-snr-gamma must be 0 or more (0 = plain MSE), got "
+                            f"{self.min_snr_gamma}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.weak_model_at < 1:
@@ -208,7 +211,8 @@ class SampleConfig:
         if not 0 <= self.eta <= 1:  # above 1, sigma^2 can exceed DDIM's 1 - alpha-bar_(t-1)
             raise UserError(f"--eta must be between 0 and 1, got {self.eta}")
         if self.cfg_scale < 0:
-            raise UserError(f"--cfg-scale must be 0 or more (1 = no guidance), got {self.cfg_scale}")
+            raise UserError(f"--cfg-scale must be 0 or more (1 = no classifier-free guidance), got "
+                            f"{self.cfg_scale}")
         if self.autoguide_scale < 0:
             raise UserError(f"--autoguide-scale must be 0 or more (1 = no autoguidance), got "
                             f"{self.autoguide_scale}")

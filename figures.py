@@ -30,7 +30,8 @@ from dataset import load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from dit import DiT, load_ema, patchify, sincos_pos_embed_2d
 from support.checkpoint import SHIPPED, read_checkpoint, read_log
-from support.cli import AMP_CHOICES, UserError, exit_status, flag, pick_device, use_bf16
+from support.cli import (AMP_CHOICES, UserError, check_can_write_in, exit_status, flag, pick_device,
+                         use_bf16)
 from support.pictures import (ATTENTION_TIMESTEPS, forward_process, sampling_frames, save_attention,
                               save_forward_process, save_gates_plot, save_gif, save_latent_channels,
                               save_loss_plot, save_reconstructions, save_tokens)
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag(name)} changes only {', '.join(sorted(pictures))}, "
                             "none of which is drawn here: drop it")
     digit, seed, out = args.digit or 0, args.seed or 0, Path(args.out_dir)
+    check_can_write_in(out, f"--out-dir {args.out_dir}")  # before any model is run
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     model = sampled = autoencoder = None
     if wanted & {"attention", "sampling", "reconstructions", "latents"}:

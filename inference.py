@@ -39,8 +39,8 @@ from dataset import to_uint8
 from diffusion import GaussianDiffusion
 from dit import Autoguided, DiT, load_ema
 from support.checkpoint import outputs_dir, read_checkpoint
-from support.cli import (AMP_CHOICES, UserError, exit_status, flag, out_of_memory_as_error,
-                         pick_device, use_bf16)
+from support.cli import (AMP_CHOICES, UserError, check_can_write_in, exit_status, flag,
+                         out_of_memory_as_error, pick_device, use_bf16)
 from support.image_files import LABELLED_NAME, labelled_file_name
 from support.pictures import save_grid, save_guidance_strip, save_trajectory
 from support.sampling import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--steps", type=int, help="sampler steps of ddim, plms and dpm-solver++ "
                                              "(ddpm always takes all T)")
     g.add_argument("--eta", type=float, help="ddim's noise: 0 deterministic, 1 DDPM-like")
-    g.add_argument("--cfg-scale", type=float, help="guidance scale; 1 = none")
+    g.add_argument("--cfg-scale", type=float,
+                   help="classifier-free guidance scale; 1 = none (autoguidance stays on)")
     g.add_argument("--autoguide-scale", type=float,
                    help="autoguidance W, away from the checkpoint's early weights; 1 = none")
     g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
@@ -153,9 +154,16 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
         raise UserError(f"{args.checkpoint} keeps no weak model to guide away from (it was "
                         "trained with --weak-model-at 0, or by an earlier version): drop "
                         "--autoguide-scale")
+    if cfg.model.class_dropout_prob == 0:  # trained without dropping labels: no null label
+        if args.cfg_scale not in (None, 1.0) or args.guidance_strip:
+            raise UserError(f"{args.checkpoint} was trained with --class-dropout-prob 0, so its "
+                            "null label never learned the unconditional model that classifier-free "
+                            f"guidance needs: drop {spelt(['cfg_scale', 'guidance_strip'])}")
+        s.cfg_scale = 1.0
     if args.eta is not None and s.sampler != "ddim":
-        raise UserError(f"--eta is DDIM's noise and {s.sampler} has none: drop --eta, or pass "
-                        "--sampler ddim")
+        why = "its noise is fixed, DDIM's at eta 1" if s.sampler == "ddpm" else "it is deterministic"
+        raise UserError(f"--eta sets DDIM's noise, and {s.sampler} takes no eta ({why}): drop "
+                        "--eta, or pass --sampler ddim")
     if args.steps is not None and s.sampler == "ddpm":
         raise UserError(f"ddpm always takes all {cfg.diffusion.num_timesteps} steps: drop --steps, "
                         "or pass --sampler ddim, plms or dpm-solver++")
@@ -169,9 +177,13 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
             raise UserError(f"--{flag(name)} must be positive, got {getattr(args, name)}")
     for name in ["output", "trajectory", "guidance_strip"]:  # before the minutes of sampling
         path = getattr(args, name)
-        if isinstance(path, str) and Path(path).suffix.lower() != ".png":
-            raise UserError(f"--{flag(name)} {path}: the picture is a PNG; give a file name "
-                            "ending in .png")
+        if isinstance(path, str):
+            if Path(path).suffix.lower() != ".png":
+                raise UserError(f"--{flag(name)} {path}: the picture is a PNG; give a file name "
+                                "ending in .png")
+            check_can_write_in(Path(path).parent, f"--{flag(name)} {path}")
+    if args.out_dir is not None:  # its images are written beside it first (write_class_images)
+        check_can_write_in(Path(args.out_dir).absolute().parent, f"--out-dir {args.out_dir}")
 
 
 def run(args: argparse.Namespace) -> None:

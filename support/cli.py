@@ -9,8 +9,10 @@ config.py; this module only knows how their fields are spelt on a command line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -88,6 +90,19 @@ def out_of_memory_as_error(message: str):
         raise UserError(message) from None
 
 
+def check_can_write_in(folder: str | Path, what: str) -> None:
+    """Refuse, before any long work, a folder that cannot be made or written to: the nearest
+    part of it that exists must be a folder (mkdir fails on a file in the way) that we may write."""
+    folder = Path(folder).absolute()
+    nearest = next(p for p in [folder, *folder.parents] if p.exists())
+    if not nearest.is_dir():
+        raise UserError(f"{what}: {nearest} is a file, not a folder, so nothing can be written "
+                        "under it: pass another path")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {nearest} is not writable: pass a path in a folder you can "
+                        "write to")
+
+
 # ------------------------------------------------------------------------------ train.py's overrides
 
 def flag(name: str) -> str:
@@ -124,7 +139,8 @@ MODEL_FLAGS = {  # field of ModelConfig -> help
     "depth": "number of DiT blocks",
     "num_heads": "attention heads (must divide the width)",
     "mlp_ratio": "MLP width / token width",
-    "class_dropout_prob": "share of labels dropped, for classifier-free guidance",
+    "class_dropout_prob": "share of labels dropped, for classifier-free guidance (0 = none: the "
+                          "run samples without it)",
 }
 # What a resumed run may change: how long it goes on and how often it reports.
 RESUMABLE_FLAGS = {"epochs", "max_steps", "time_limit", "log_every", "eval_every",
@@ -169,5 +185,7 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Callable], res
                             f"({getattr(section, name)}): drop the flag, or start a new run "
                             "with another --out-dir")
         setattr(section, name, value)
+    if cfg.model.class_dropout_prob == 0:  # no label is ever dropped, so the null label's row
+        cfg.sample.cfg_scale = 1.0  # never trains: guidance would push along an untrained vector
     cfg.check()
     return cfg

@@ -1,5 +1,6 @@
 """Tests of inference.py: pictures, files for scoring, reproducibility and bad input."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import inference
 import train
 from helpers import load_model, write_tiny_mnist
 from support import sampling
+from support.cli import UserError, check_can_write_in
 from support.pictures import shown_columns
 
 
@@ -67,8 +69,8 @@ def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, mo
     (["--num-per-class", "2", "--guidance-strip"], "drop --guidance-strip"),
     (["--out-dir", "somewhere"], "--out-dir: for the image files of --num-per-class only"),
     (["--batch-size", "8"], "--batch-size: for the image files of --num-per-class only"),
-    (["--sampler", "ddpm", "--eta", "0"], "--eta is DDIM's noise and ddpm has none"),
-    (["--sampler", "plms", "--eta", "1"], "--eta is DDIM's noise and plms has none"),
+    (["--sampler", "ddpm", "--eta", "0"], "ddpm takes no eta (its noise is fixed, DDIM's at eta 1)"),
+    (["--sampler", "plms", "--eta", "1"], "plms takes no eta (it is deterministic)"),
     (["--sampler", "ddpm", "--steps", "20"], "ddpm always takes all 1000 steps: drop --steps"),
 ])
 def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path, monkeypatch, capsys, flags,
@@ -78,6 +80,36 @@ def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+@pytest.mark.parametrize("flags", [["--output", "notes.txt/g.png"],
+                                   ["--trajectory", "notes.txt/sub/t.png"],
+                                   ["--guidance-strip", "notes.txt/s.png"],
+                                   ["--num-per-class", "1", "--out-dir", "notes.txt/fake"]])
+def test_a_file_in_the_way_of_a_picture_is_refused_before_sampling(checkpoint, tmp_path,
+                                                                    monkeypatch, capsys, flags):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded: the path was checked only after sampling")
+
+    monkeypatch.setattr(inference, "load_ema", no_model)
+    assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
+    err = capsys.readouterr().err
+    assert "notes.txt is a file, not a folder" in err and "pass another path" in err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a read-only folder
+    with pytest.raises(UserError, match=r"--output x: .* is not writable: pass a path"):
+        check_can_write_in(tmp_path / "new" / "deeper", "--output x")
+    monkeypatch.undo()
+    check_can_write_in(tmp_path / "new" / "deeper", "--output x")  # writable: no complaint
+    assert not (tmp_path / "new").exists()  # the check creates nothing
 
 
 def test_eta_is_printed_for_ddim_only(checkpoint, tmp_path, capsys):
@@ -113,6 +145,20 @@ def test_autoguidance_follows_the_checkpoint_unless_a_flag_changes_it(checkpoint
     assert inference.main(["--checkpoint", str(tmp_path / "no_weak.pth"),
                            "--autoguide-scale", "2"]) == 1
     assert "keeps no weak model to guide away from" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_without_dropped_labels_is_not_guided(checkpoint, tmp_path, capsys):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"]["model"]["class_dropout_prob"] = 0.0  # as an earlier version saved it: the
+    assert ckpt["config"]["sample"]["cfg_scale"] == 1.2  # preset's guidance was kept
+    torch.save(ckpt, tmp_path / "no_null.pth")
+    argv = ["--checkpoint", str(tmp_path / "no_null.pth"), "--steps", "2", "--per-row", "1"]
+    assert inference.main([*argv, "--output", str(tmp_path / "g.png")]) == 0
+    assert "guidance 1.0, autoguidance 1.5" in capsys.readouterr().out
+    for flags in [["--cfg-scale", "2"], ["--guidance-strip"]]:
+        assert inference.main([*argv, *flags]) == 1
+        err = capsys.readouterr().err
+        assert "trained with --class-dropout-prob 0" in err and f"drop {flags[0]}" in err
 
 
 def test_help_lists_no_empty_defaults(capsys):

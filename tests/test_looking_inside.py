@@ -177,6 +177,10 @@ def test_figures_bad_input_is_one_line(tiny_run, tmp_path, capsys):
     assert figures.main(["--only", "forward", "--digit", "99999", "--data-dir", str(data),
                          "--out-dir", str(tmp_path)]) == 1
     assert "--digit must be" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("keep me")  # a file where the folder should be
+    assert figures.main(["--only", "forward", "--data-dir", str(data),
+                         "--out-dir", str(tmp_path / "notes.txt" / "figs")]) == 1
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
 
 
 def test_figures_writes_into_runs_and_refuses_flags_that_change_nothing(tiny_run, tmp_path,

@@ -329,6 +329,7 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
     (["--patch-size", "5"], "patch size 5 does not divide the image size 28: pass a --patch-size of 1, 2, 4, 7, 14, 28"),
     (["--batch-size", "1000"], "pass a smaller --batch-size"),
     (["--keep-every", "-1"], "--keep-every must be 0 or more"),
+    (["--min-snr-gamma", "-5"], "--min-snr-gamma must be 0 or more (0 = plain MSE)"),
 ])
 
 
@@ -396,6 +397,14 @@ def test_ema_flags_reach_the_config():
     assert train.ema_decay_at(0, cfg) == 0  # decay 0: the EMA is a copy of the weights
     cfg = train_config(*(["--no-ema-warmup"]))
     assert train.ema_decay_at(0, cfg) == cfg.train.ema_decay == 0.9999
+
+
+def test_no_label_dropout_means_no_classifier_free_guidance():
+    """Without dropped labels the null label's embedding never trains, so the run's config samples
+    with guidance 1 (the grids, and inference.py's default); autoguidance needs no null label."""
+    assert train_config().sample.cfg_scale == 1.2
+    cfg = train_config("--class-dropout-prob", "0")
+    assert cfg.sample.cfg_scale == 1.0 and cfg.sample.autoguide_scale == 1.5
 
 
 def test_learning_rate_warm_up_is_linear_then_constant():
