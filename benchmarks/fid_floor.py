@@ -2,6 +2,7 @@
 
     python benchmarks/fid_floor.py    # MNIST-FD, precision, recall, class accuracy at 1,000 and 10,000
     python benchmarks/fid_floor.py --sizes 1000 --through pretrained/latent/model.pth
+    python benchmarks/fid_floor.py --sizes 1000 --classes 0 1 2 3 4   # a set with half the kinds
 
 A perfect generator would draw digits exactly like the training set. Its scores against the test
 set are not 0: the two sets are different samples, and the Frechet distance estimated from a
@@ -12,7 +13,9 @@ common.MnistJudge against the MNIST test set, labels from the training set; prec
 compare them with as many test digits (the first N), as support/mnist_classifier.mnist_scores
 does for generated digits. With `--through` a latent model's checkpoint, the same digits are also
 scored after its autoencoder (encoded, then decoded): the floor of that latent DiT, which can draw
-no better than its decoder gives back.
+no better than its decoder gives back. With `--classes`, the digits are drawn from those classes
+only: real digits, all labelled right, that lack the other kinds, as a model that draws only
+some shapes would; precision and class accuracy should hold and recall fall.
 (For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
 folder to `fid_computer.py --fake`.)
 """
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--through", default=None, metavar="CHECKPOINT",
                    help="a latent model's checkpoint: score the digits through its autoencoder too")
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)),
+                   help="draw the training digits from these classes only (default: all ten)")
     args = p.parse_args(argv)
 
     import torch
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.through} is a model of pixels: --through needs a latent "
                              "model's checkpoint (train.py --preset latent)")
     images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
+    kept = torch.isin(labels, torch.tensor(args.classes))
+    images, labels = images[kept], labels[kept]
     judge = MnistJudge(args.data_dir)
     print("| training digits | seed | MNIST-FD | precision | recall | class accuracy |")
     print("|---|---|---|---|---|---|")

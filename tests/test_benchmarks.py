@@ -352,6 +352,31 @@ def test_fid_floor_scores_the_same_digits_through_a_latent_models_autoencoder(
                         "--through", str(tiny_checkpoint[0])])
 
 
+def test_fid_floor_draws_only_the_classes_asked_for(tmp_path, monkeypatch, capsys):
+    import fid_floor
+
+    from helpers import write_tiny_mnist
+
+    data = write_tiny_mnist(tmp_path, n_train=60, n_test=20)
+    scored = []
+
+    class RecordingJudge:  # stands in for the classifier: what reaches it is what is tested
+        def __init__(self, data_dir):
+            pass
+
+        def score(self, digits, labels):
+            scored.append((digits.shape, sorted(set(labels.tolist()))))
+            return {"mnist_fd": 1.0, "precision": 1.0, "recall": 1.0, "class_accuracy": 1.0}
+
+    monkeypatch.setattr(fid_floor, "MnistJudge", RecordingJudge)
+    fid_floor.main(["--sizes", "10", "--seeds", "0", "1", "--data-dir", str(data),
+                    "--classes", "3", "7"])
+    assert scored == [((10, 28, 28), [3, 7])] * 2  # 12 threes and sevens in the set, 10 drawn
+    scored.clear()
+    fid_floor.main(["--sizes", "30", "--seeds", "0", "--data-dir", str(data)])
+    assert scored == [((30, 28, 28), list(range(10)))]  # all ten by default
+
+
 def test_guidance_in_an_interval_guides_inside_it_and_not_outside():
     import torch
 
