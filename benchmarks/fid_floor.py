@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = load_mnist(resolve_data_dir(args.data_dir), train=True)
     kept = torch.isin(labels, torch.tensor(args.classes))
     images, labels = images[kept], labels[kept]
+    if max(args.sizes) > len(images):
+        raise SystemExit(f"--sizes {max(args.sizes)}: the classes {args.classes} hold only "
+                         f"{len(images)} training digits; pass smaller --sizes")
     judge = MnistJudge(args.data_dir)
     print("| training digits | seed | MNIST-FD | precision | recall | class accuracy |")
     print("|---|---|---|---|---|---|")

@@ -372,6 +372,8 @@ def test_fid_floor_draws_only_the_classes_asked_for(tmp_path, monkeypatch, capsy
     fid_floor.main(["--sizes", "10", "--seeds", "0", "1", "--data-dir", str(data),
                     "--classes", "3", "7"])
     assert scored == [((10, 28, 28), [3, 7])] * 2  # 12 threes and sevens in the set, 10 drawn
+    with pytest.raises(SystemExit, match="hold only 12 training digits"):
+        fid_floor.main(["--sizes", "13", "--data-dir", str(data), "--classes", "3", "7"])
     scored.clear()
     fid_floor.main(["--sizes", "30", "--seeds", "0", "--data-dir", str(data)])
     assert scored == [((30, 28, 28), list(range(10)))]  # all ten by default
