@@ -53,16 +53,21 @@ def load_mnist(data_dir: str | Path, train: bool = True,
     raw = data_dir / "MNIST" / "raw"
     try:
         ds = MNIST(str(data_dir), train=train, download=download)
-    except (RuntimeError, URLError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways: a RuntimeError,
+        # or a ValueError or AssertionError from the reader of a header cut short
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         damaged = damaged_files(raw)
         if damaged:  # the files are there but cut short: "not found" would send the user astray
-            fix = (" and copy the original .gz files in again (with internet they are downloaded "
-                   "again)" if any(name.endswith(".gz") for name in damaged)
-                   else ": the next run unpacks the .gz files again")
+            # an unpacked file comes back from its .gz, if that is there and whole
+            unpacks = all(not name.endswith(".gz") and (raw / f"{name}.gz").is_file()
+                          and f"{name}.gz" not in damaged for name in damaged)
+            fix = (": the next run unpacks the .gz files again" if unpacks else " and copy the "
+                   "original .gz files in again (with internet they are downloaded again)")
             raise UserError(f"MNIST in {raw} is damaged ({reason}): {', '.join(damaged)} cut short "
                             f"or corrupt; delete {'it' if len(damaged) == 1 else 'them'}{fix}"
                             ) from None
+        if not isinstance(e, (RuntimeError, URLError, OSError)):
+            raise  # not a missing or damaged file: a bug, to be seen whole
         how = "could not be downloaded" if download else "downloading is off"
         raise UserError(
             f"MNIST not found in {raw} and {how} ({reason}): copy the four MNIST files "

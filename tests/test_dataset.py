@@ -36,23 +36,49 @@ def test_empty_directory_gives_clear_error(tmp_path):
         load_mnist(tmp_path, download=False)
 
 
-def test_cut_short_files_are_called_damaged_not_missing(tmp_path):
+@pytest.mark.parametrize("cut", [
+    lambda whole: whole[:-100],  # a copy that stopped early
+    lambda whole: whole + bytes(7),  # one with bytes left over
+    lambda whole: whole[:10],  # stopped inside the header: torchvision fails differently
+    lambda whole: b"",  # an empty file
+])
+def test_cut_short_files_are_called_damaged_not_missing(tmp_path, cut):
     raw = write_tiny_mnist(tmp_path, n_train=50, n_test=20) / "MNIST" / "raw"
     whole = (raw / "train-images-idx3-ubyte").read_bytes()
-    (raw / "train-images-idx3-ubyte").write_bytes(whole[:-100])  # a copy that stopped early
-    with pytest.raises(UserError, match=r"damaged.*: train-images-idx3-ubyte cut short.*delete it: "
-                                        r"the next run unpacks"):
+    (raw / "train-images-idx3-ubyte").write_bytes(cut(whole))
+    # no .gz beside it (write_tiny_mnist writes none), so the originals must be copied in
+    with pytest.raises(UserError, match=r"damaged.*: train-images-idx3-ubyte cut short or corrupt; "
+                                        r"delete it and copy the original .gz files in again"):
         load_mnist(tmp_path, download=False)
     (raw / "train-images-idx3-ubyte").write_bytes(whole)  # whole again: it loads
     assert damaged_files(raw) == []
     assert load_mnist(tmp_path, download=False)[0].shape == (50, 28, 28)
-    # a .gz that is not the original (here, the first bytes of one) is named, whatever else is there
+
+
+def test_a_gz_that_is_not_the_original_is_named(tmp_path):
+    raw = write_tiny_mnist(tmp_path, n_train=50, n_test=20) / "MNIST" / "raw"
     for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]:
         (raw / name).unlink()
-    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08" + bytes(50))
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08" + bytes(50))  # a gz header
     with pytest.raises(UserError, match=r"damaged.*: train-images-idx3-ubyte.gz cut short.*"
                                         r"delete it and copy the original .gz files in again"):
         load_mnist(tmp_path, download=False)
+
+
+@needs_real_mnist
+def test_a_damaged_unpacked_file_comes_back_from_its_gz(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                 "train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz"]:
+        (raw / name).write_bytes((resolve_data_dir() / "MNIST" / "raw" / name).read_bytes())
+    labels = load_mnist(tmp_path, train=False, download=True)[1]  # unpacks all four, no network
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte cut short or corrupt; delete it: "
+                                        r"the next run unpacks the .gz files again"):
+        load_mnist(tmp_path, train=False, download=True)
+    (raw / "t10k-labels-idx1-ubyte").unlink()  # as the message says: and it loads again
+    assert torch.equal(load_mnist(tmp_path, train=False, download=True)[1], labels)
 
 
 def test_data_dir_flag_then_env_then_default(monkeypatch):
