@@ -183,7 +183,7 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
                                 "ending in .png")
             check_can_write_in(Path(path).parent, f"--{flag(name)} {path}")
     if args.out_dir is not None:  # its images are written beside it first (write_class_images)
-        check_can_write_in(Path(args.out_dir).absolute().parent, f"--out-dir {args.out_dir}")
+        check_can_write_in(Path(args.out_dir).resolve().parent, f"--out-dir {args.out_dir}")
 
 
 def run(args: argparse.Namespace) -> None:

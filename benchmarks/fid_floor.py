@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--through", default=None, metavar="CHECKPOINT",
                    help="a latent model's checkpoint: score the digits through its autoencoder too")
-    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)),
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)), choices=range(10),
+                   metavar="DIGIT",
                    help="draw the training digits from these classes only (default: all ten)")
     args = p.parse_args(argv)
 

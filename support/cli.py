@@ -93,7 +93,7 @@ def out_of_memory_as_error(message: str):
 def check_can_write_in(folder: str | Path, what: str) -> None:
     """Refuse, before any long work, a folder that cannot be made or written to: the nearest
     part of it that exists must be a folder (mkdir fails on a file in the way) that we may write."""
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()
     nearest = next(p for p in [folder, *folder.parents] if p.exists())
     if not nearest.is_dir():
         raise UserError(f"{what}: {nearest} is a file, not a folder, so nothing can be written "

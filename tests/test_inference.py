@@ -104,12 +104,26 @@ def test_a_file_in_the_way_of_a_picture_is_refused_before_sampling(checkpoint, t
 
 
 def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a read-only folder
+    """The nearest existing folder must let us write (the check asks os.access for W_OK; the
+    tests run as root, who may write anywhere, so a read-only folder is simulated)."""
+    read_only = {tmp_path.resolve()}
+    monkeypatch.setattr(os, "access", lambda path, mode: not (Path(path).resolve() in read_only
+                                                              and mode & os.W_OK))
     with pytest.raises(UserError, match=r"--output x: .* is not writable: pass a path"):
         check_can_write_in(tmp_path / "new" / "deeper", "--output x")
-    monkeypatch.undo()
+    read_only.clear()
     check_can_write_in(tmp_path / "new" / "deeper", "--output x")  # writable: no complaint
     assert not (tmp_path / "new").exists()  # the check creates nothing
+
+
+def test_out_dir_needs_a_writable_folder_around_it(checkpoint, tmp_path, monkeypatch, capsys):
+    """--num-per-class writes beside --out-dir first, then renames: the folder around it must
+    be writable, even when --out-dir itself is."""
+    (tmp_path / "fake").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).resolve() != tmp_path.resolve())
+    assert inference.main(["--checkpoint", str(checkpoint), "--num-per-class", "1",
+                           "--out-dir", str(tmp_path / "fake")]) == 1
+    assert f"{tmp_path.resolve()} is not writable" in capsys.readouterr().err
 
 
 def test_eta_is_printed_for_ddim_only(checkpoint, tmp_path, capsys):
