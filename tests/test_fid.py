@@ -372,7 +372,7 @@ def test_metric_all_on_too_few_images_for_fid_skips_it_and_scores_mnist(tiny, tm
     about FID (before loading Inception) and still prints the MNIST scores."""
     fake = write_pngs(tmp_path / "fake", 200)
     status, out, err = run_main(["--data-dir", tiny, "--real", write_pngs(tmp_path / "real", 200),
-                                 "--fake", fake], capsys)
+                                 "--fake", fake, "--cache-dir", tmp_path / "cache"], capsys)
     assert status == 0, err
     warning = [l for l in err.splitlines() if "FID skipped" in l]
     assert len(warning) == 1 and "needs at least 2049" in warning[0]
