@@ -55,7 +55,10 @@ def load_mnist(data_dir: str | Path, train: bool = True,
         ds = MNIST(str(data_dir), train=train, download=download)
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways: a RuntimeError,
         # or a ValueError or AssertionError from the reader of a header cut short
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torchvision's download error is "Error downloading X:", then one line per mirror:
+        # its first line and its last say what failed and why
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(e).__name__
         damaged = damaged_files(raw)
         if damaged:  # the files are there but cut short: "not found" would send the user astray
             # an unpacked file comes back from its .gz, if that is there and whole

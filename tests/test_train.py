@@ -321,6 +321,7 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
                        str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "MNIST not found" in err and "--data-dir" in err and "Traceback" not in err
+    assert "no network" in err and len(err.strip().splitlines()) == 1  # the why, in one line
 
 
 @pytest.mark.parametrize("flags, message", [
