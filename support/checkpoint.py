@@ -110,7 +110,8 @@ def outputs_dir(checkpoint: str | Path, elsewhere: str) -> Path:
     runs/<elsewhere>/ (the shipped weights live in the tracked pretrained/, which must stay clean)."""
     folder = Path(checkpoint).resolve().parent
     runs = RUNS.resolve()
-    return folder if folder == runs or runs in folder.parents else RUNS / elsewhere
+    # the folder as the user spelt it, so that what is printed reads like what was typed
+    return Path(checkpoint).parent if folder == runs or runs in folder.parents else RUNS / elsewhere
 
 
 def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict:

@@ -60,6 +60,8 @@ def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, mo
                            "--guidance-strip", "strip.png"]) == 0
     assert (inside.parent / "grid.png").is_file() and (tmp_path / "strip.png").is_file()
     assert not (inside.parent / "guidance.png").exists()
+    # printed as the user spelt the checkpoint's path, as for the shipped weights
+    assert "grid (10 rows x 1): runs/mine/grid.png\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags, message", [
