@@ -240,6 +240,13 @@ class Config:
             raise UserError(f"the DiT takes {self.model.in_channels} channels but the autoencoder "
                             f"gives {self.autoencoder.latent_channels}: they must be equal")
 
+    def drop_guidance_without_null_label(self) -> None:
+        """A model trained with class_dropout_prob 0 never saw the null label, so that row of the
+        label table never trained and classifier-free guidance would push along an untrained
+        vector: such a model samples at cfg_scale 1 (autoguidance needs no null label)."""
+        if self.model.class_dropout_prob == 0:
+            self.sample.cfg_scale = 1.0
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of ints, floats, bools and strings: safe for weights_only loading."""
         return dataclasses.asdict(self)

@@ -187,7 +187,6 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Callable], res
                             f"({getattr(section, name)}): drop the flag, or start a new run "
                             "with another --out-dir")
         setattr(section, name, value)
-    if cfg.model.class_dropout_prob == 0:  # no label is ever dropped, so the null label's row
-        cfg.sample.cfg_scale = 1.0  # never trains: guidance would push along an untrained vector
+    cfg.drop_guidance_without_null_label()
     cfg.check()
     return cfg
