@@ -24,9 +24,10 @@ The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; su
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 Estimated from images, it needs at least d + 1 of them for d-dim features (fewer give a singular
 covariance, blind to whole directions of the features), and it is biased upwards, the more so
-the fewer the images: compare scores only at equal numbers, and with the floor that real digits score at that number (benchmarks/README.md, "The
-floor of the scores"). The Inception network is slow on a CPU, each digit resized to 299 x 299:
-the real set's statistics are computed once and cached.
+the fewer the images: compare scores only at equal numbers, and with the floor that real digits
+score at that number (benchmarks/README.md, "The floor of the scores"). The Inception network
+is slow on a CPU, each digit resized to 299 x 299: the real set's statistics are computed once
+and cached.
 
 References:
   FID:  Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
