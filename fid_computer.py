@@ -156,9 +156,11 @@ def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dim
 
 def sample_command(folder: str | Path, metric: str = "mnist") -> str:
     """The inference.py command that fills a folder: 1,000 images are plenty for MNIST-FD's 128
-    dims; FID's 2048 need more, and the standard FID compares 10,000 with the 10,000 test digits."""
+    dims; FID's 2048 need more, and the standard FID compares 10,000 with the 10,000 test digits.
+    It samples runs/default's weights, so it says how to name another run's."""
     per_class = 100 if metric == "mnist" else 1000
-    return f"python inference.py --num-per-class {per_class} --out-dir {folder}"
+    return (f"python inference.py --num-per-class {per_class} --out-dir {folder} (with "
+            "--checkpoint RUN/model.pth for a run other than runs/default)")
 
 
 def read_fake_folder(folder: str | Path, metric: str = "mnist") -> ImageFolder:

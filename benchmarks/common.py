@@ -32,13 +32,20 @@ def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample
     as inference.py does it (dit.load_ema): the EMA weights in eval mode, guided away from the
     checkpoint's weak model when it keeps one (with autoguided=False, the plain EMA DiT). `sample`
     sets fields of the config's sampling settings first, as inference.py's flags do (None keeps
-    the checkpoint's)."""
+    the checkpoint's). A model trained without dropped labels samples unguided by
+    classifier-free guidance, and asking it for guidance is refused, as in inference.py."""
     from config import Config
     from dit import load_ema
     from support.checkpoint import read_checkpoint
+    from support.cli import UserError
 
     checkpoint = read_checkpoint(path)
     cfg = Config.from_dict(checkpoint["config"], source=path)
+    if cfg.model.class_dropout_prob == 0 and sample.get("cfg_scale") not in (None, 1.0):
+        raise UserError(f"{path} was trained with --class-dropout-prob 0, so its null label never "
+                        "learned the unconditional model that classifier-free guidance needs: "
+                        "drop --cfg-scale")
+    cfg.drop_guidance_without_null_label()
     for name, value in sample.items():
         if value is not None:
             setattr(cfg.sample, name, value)

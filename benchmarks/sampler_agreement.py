@@ -14,20 +14,26 @@ appears only in bf16 is rounding in the network's noise predictions, amplified b
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from common import load_model  # beside this file in benchmarks/
 
 
-def main() -> None:
+def main() -> int:
+    from support.cli import exit_status
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/default/model.pth")
     p.add_argument("--per-class", type=int, default=5, help="images of each digit")
     p.add_argument("--steps", type=int, default=250, help="steps of the fast samplers")
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--device", default=None)
-    args = p.parse_args()
+    return exit_status(compare, p.parse_args())
 
+
+def compare(args: argparse.Namespace) -> None:
+    """Print the table of differences from the fp32 DDIM reference."""
     import torch
 
     from support.cli import pick_device
@@ -35,9 +41,9 @@ def main() -> None:
     from support.sampling import class_labels
 
     device = pick_device(args.device)
-    model, cfg = load_model(args.checkpoint, device)
+    model, cfg = load_model(args.checkpoint, device, cfg_scale=args.cfg_scale)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    scale = args.cfg_scale if args.cfg_scale is not None else cfg.sample.cfg_scale
+    scale = cfg.sample.cfg_scale
     labels = class_labels(cfg.model.num_classes, args.per_class, device)
     shape = (len(labels), cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     T = cfg.diffusion.num_timesteps
@@ -65,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -542,6 +542,30 @@ def test_sampler_study_rejects_bad_steps(tiny_checkpoint, capsys):
     assert status == 1 and "--eta must be between 0 and 1" in capsys.readouterr().err
 
 
+def test_a_model_without_dropped_labels_is_sampled_and_studied_without_guidance(tiny_checkpoint,
+                                                                             tmp_path, capsys):
+    """Its null label never trained: load_model samples it at guidance 1 even where the checkpoint
+    kept its preset's scale, and the studies refuse a --cfg-scale for it, as inference.py does."""
+    import sampler_study
+    from common import load_model
+
+    checkpoint, data = tiny_checkpoint
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["config"]["sample"]["cfg_scale"] != 1.0
+    _, cfg = load_model(checkpoint)
+    assert cfg.sample.cfg_scale == ckpt["config"]["sample"]["cfg_scale"]  # trained with dropout
+    ckpt["config"]["model"]["class_dropout_prob"] = 0.0
+    no_null = tmp_path / "no_null.pth"
+    torch.save(ckpt, no_null)
+    _, cfg = load_model(no_null)
+    assert cfg.sample.cfg_scale == 1.0
+    assert load_model(no_null, cfg_scale=1.0)[1].sample.cfg_scale == 1.0
+    status = sampler_study.main(["--checkpoint", str(no_null), "--data-dir", str(data),
+                                 "--cfg-scale", "2"])
+    err = capsys.readouterr().err
+    assert status == 1 and "trained with --class-dropout-prob 0" in err and "drop --cfg-scale" in err
+
+
 def test_latent_shapes_trials_each_change_one_setting_of_the_preset():
     """Each trial of benchmarks/latent_shapes.py differs from the latent preset's autoencoder in
     at most one field, and the first is the preset itself."""

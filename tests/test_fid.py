@@ -279,14 +279,17 @@ def folders(tiny, tmp_path):
     return tmp_path
 
 
+OTHER_RUN = " (with --checkpoint RUN/model.pth for a run other than runs/default)"
+
+
 @pytest.mark.parametrize("fake, message", [
     ("missing", "no images in {d}/missing: sample them first with python inference.py "
-                "--num-per-class 100 --out-dir {d}/missing"),
+                "--num-per-class 100 --out-dir {d}/missing" + OTHER_RUN),
     ("empty", "no images in {d}/empty: sample them first with python inference.py "
-              "--num-per-class 100 --out-dir {d}/empty"),
+              "--num-per-class 100 --out-dir {d}/empty" + OTHER_RUN),
     ("few", "{d}/few: 50 images, but the MNIST-FD with 128-dim features needs at least 129: "
             "the covariance of 128-dim features from fewer than 129 images is singular; sample "
-            "more: python inference.py --num-per-class 100 --out-dir {d}/few"),
+            "more: python inference.py --num-per-class 100 --out-dir {d}/few" + OTHER_RUN),
     ("text", "{d}/text/notes.txt is not a readable image"),
     ("mixed", "images of mixed sizes in {d}/mixed"),
     ("big", "are 32 x 32 pixels; the MNIST classifier reads 28 x 28 digits"),
@@ -349,7 +352,7 @@ def test_nothing_sampled_yet_names_the_inference_command(tmp_path, capsys):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [
             f"error: no images in {fake}: sample them first with python inference.py "
-            f"--num-per-class 100 --out-dir {fake}"]
+            f"--num-per-class 100 --out-dir {fake}" + OTHER_RUN]
     assert not (tmp_path / fc.REAL_DIR).exists()  # nothing exported before the check
     # The standard FID wants 10,000 images, as many as the test set.
     status, out, err = run_main(["--fake", tmp_path / "missing"], capsys)
