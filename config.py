@@ -240,12 +240,19 @@ class Config:
             raise UserError(f"the DiT takes {self.model.in_channels} channels but the autoencoder "
                             f"gives {self.autoencoder.latent_channels}: they must be equal")
 
-    def drop_guidance_without_null_label(self) -> None:
+    def drop_guidance_without_null_label(self, asked: str = "", source: object = "") -> None:
         """A model trained with class_dropout_prob 0 never saw the null label, so that row of the
         label table never trained and classifier-free guidance would push along an untrained
-        vector: such a model samples at cfg_scale 1 (autoguidance needs no null label)."""
-        if self.model.class_dropout_prob == 0:
-            self.sample.cfg_scale = 1.0
+        vector: such a model samples at cfg_scale 1 (autoguidance needs no null label). `asked`
+        names the flags that asked such a model for guidance anyway (--cfg-scale 2): a UserError
+        saying that `source` (its checkpoint) cannot give it."""
+        if self.model.class_dropout_prob != 0:
+            return
+        if asked:
+            raise UserError(f"{source} was trained with --class-dropout-prob 0, so its null label "
+                            "never learned the unconditional model that classifier-free guidance "
+                            f"needs: drop {asked}")
+        self.sample.cfg_scale = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of ints, floats, bools and strings: safe for weights_only loading."""

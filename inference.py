@@ -154,12 +154,10 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
         raise UserError(f"{args.checkpoint} keeps no weak model to guide away from (it was "
                         "trained with --weak-model-at 0, or by an earlier version): drop "
                         "--autoguide-scale")
-    if cfg.model.class_dropout_prob == 0 and (args.cfg_scale not in (None, 1.0)
-                                              or args.guidance_strip):
-        raise UserError(f"{args.checkpoint} was trained with --class-dropout-prob 0, so its null "
-                        "label never learned the unconditional model that classifier-free guidance "
-                        f"needs: drop {spelt(['cfg_scale', 'guidance_strip'])}")
-    cfg.drop_guidance_without_null_label()  # also for a checkpoint that kept its preset's scale
+    asked = args.cfg_scale not in (None, 1.0) or args.guidance_strip
+    # refused when asked for; otherwise at guidance 1, even if the checkpoint kept its preset's
+    cfg.drop_guidance_without_null_label(spelt(["cfg_scale", "guidance_strip"]) if asked else "",
+                                         args.checkpoint)
     if args.eta is not None and s.sampler != "ddim":
         why = "its noise is fixed, DDIM's at eta 1" if s.sampler == "ddpm" else "it is deterministic"
         raise UserError(f"--eta sets DDIM's noise, and {s.sampler} takes no eta ({why}): drop "

@@ -37,15 +37,11 @@ def load_model(path: str | Path, device="cpu", autoguided: bool = True, **sample
     from config import Config
     from dit import load_ema
     from support.checkpoint import read_checkpoint
-    from support.cli import UserError
 
     checkpoint = read_checkpoint(path)
     cfg = Config.from_dict(checkpoint["config"], source=path)
-    if cfg.model.class_dropout_prob == 0 and sample.get("cfg_scale") not in (None, 1.0):
-        raise UserError(f"{path} was trained with --class-dropout-prob 0, so its null label never "
-                        "learned the unconditional model that classifier-free guidance needs: "
-                        "drop --cfg-scale")
-    cfg.drop_guidance_without_null_label()
+    asked = sample.get("cfg_scale") not in (None, 1.0)
+    cfg.drop_guidance_without_null_label("--cfg-scale" if asked else "", path)
     for name, value in sample.items():
         if value is not None:
             setattr(cfg.sample, name, value)
