@@ -1,11 +1,12 @@
 """A small convolutional KL autoencoder for MNIST: the first stage that a latent DiT runs in.
 
-DiT does not denoise pixels: it denoises the latents of a pretrained autoencoder, as latent
-diffusion does (Peebles & Xie 2023, section 3.1; Rombach et al. 2022, "High-Resolution Image
-Synthesis with Latent Diffusion Models", section 3 and appendix G, the "KL" first stage). The
-encoder maps an image to a Gaussian over latents, a mean and a log-variance; training draws a
-latent from it (the reparameterisation trick, Kingma & Welling 2014) and asks the decoder to give
-the image back, with a small KL term that keeps the latents near N(0, I):
+The paper's DiT does not denoise pixels (this project's default does): it denoises the latents
+of a pretrained autoencoder, as latent diffusion does (Peebles & Xie 2023, section 3.1; Rombach
+et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", section 3 and
+appendix G, the "KL" first stage). The encoder maps an image to a Gaussian over latents, a mean
+and a log-variance; training draws a latent from it (the reparameterisation trick, Kingma &
+Welling 2014) and asks the decoder to give the image back, with a small KL term that keeps the
+latents near N(0, I):
 
     x (B, 1, 28, 28) --pad to 32--> Encoder --> mean, logvar (B, C, 8, 8)
     z = mean + exp(logvar / 2) * noise          (B, C, 8, 8): C x 8 x 8 = 256 numbers for C = 4
@@ -98,8 +99,8 @@ class Autoencoder(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents (B, C, 8, 8) -> per-pixel logits (B, 1, 28, 28): the decoder's
-        Bernoulli likelihood of each pixel being ink."""
+        """Unscaled latents (B, C, 8, 8) -> per-pixel logits (B, 1, 28, 28): the log-odds of
+        each pixel being ink, the parameter of the decoder's Bernoulli likelihood."""
         return self.decoder(z)[:, :, PAD:-PAD, PAD:-PAD]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,8 @@ class GaussianDiffusion:
 
     @staticmethod
     def _gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """values[t] for a batch of timesteps t (B,), shaped (B, 1, 1, 1) to broadcast against x."""
+        """values[t] for a batch of timesteps t (B,), shaped (B, 1, ..., 1), as many dims as x,
+        to broadcast against it."""
         out = values.to(t.device)[t].to(x.dtype)
         return out.reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
@@ -103,7 +104,9 @@ class GaussianDiffusion:
         With min_snr_gamma > 0 each image's MSE is weighted by min(SNR_t, gamma) / SNR_t
         (Hang et al. 2023, Eq. 9 for the eps objective): still noise prediction, but the nearly
         clean timesteps (SNR_t > gamma: t < 327 with the default's gamma 0.5) are down-weighted
-        by gamma / SNR_t, so their easy, useless precision no longer dominates the gradient.
+        by gamma / SNR_t. Their noise MSE is SNR_t times their x_0 MSE, so plain MSE asks them
+        for ever finer detail of x_0 (their noise is the hardest to find and matters least to a
+        sample); the weight caps that factor at gamma.
         """
         B = x0.shape[0]
         t = torch.randint(0, self.num_timesteps, (B,), device=x0.device)  # line 3
@@ -133,9 +136,10 @@ class GaussianDiffusion:
         """The loss on held-out images (nanoGPT's `estimate_loss`), and split by noise level.
 
         Image i gets the timestep floor(i T / B), so each of `buckets` equal ranges of t holds an
-        equal share of the images, and its noise comes from a generator seeded with `seed`: every
-        call draws the same (t, eps), so successive evaluations differ only by the weights, and
-        the training's own random stream is not touched. The model runs in eval mode (no label
+        equal share of the images when B is a multiple of `buckets` (a range left empty reports
+        nan), and its noise comes from a generator seeded with `seed`: every call draws the same
+        (t, eps), so successive evaluations differ only by the weights, and the training's own
+        random stream is not touched. The model runs in eval mode (no label
         dropout). Returns {"loss": the training objective (min-SNR weighted if asked), "mse": the
         plain noise MSE, "bucket_mse": the plain noise MSE of each range of t, lowest t first}.
         """
@@ -189,10 +193,10 @@ class GaussianDiffusion:
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """`steps` timesteps evenly spaced from T-1 down to 0, both ends included (for one step,
-        just T-1). Starting at T-1 means sampling starts from pure noise, which the original
-        DDIM spacing (0, 20, ..., 980) misses (Lin et al. 2024); ending at t = 0 means the last
-        model call sees almost no noise, so the final jump to x_0 loses nothing. steps = T visits
-        every timestep."""
+        just T-1). Starting at T-1 means sampling starts from the noisiest step (alpha-bar ~ 4e-5,
+        nearly pure noise), which the original DDIM spacing (0, 20, ..., 980) skips (Lin et al.
+        2024); ending at t = 0 means the last model call sees almost no noise, so the final jump
+        to x_0 loses nothing. steps = T visits every timestep."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be between 1 and {self.num_timesteps}, got {steps}")
         if steps == 1:
@@ -274,15 +278,18 @@ class GaussianDiffusion:
 
     def _plms_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
         """Pseudo linear multistep (PNDM, Liu et al. 2022), in the form of the latent-diffusion
-        code: the DDIM update (PNDM's "transfer" phi, Eq. 11) fed with a combination of the last
-        noise predictions, the Adams-Bashforth formulas of PNDM Eq. 12:
+        code: the DDIM update (PNDM's "transfer" phi) fed with a combination of the last noise
+        predictions, PNDM's 4-step Adams-Bashforth formula and, until four are known, the
+        lower-order ones:
 
             1 earlier eps:  e' = (3 e_t - e_1) / 2
             2 earlier:      e' = (23 e_t - 16 e_1 + 5 e_2) / 12
             3 or more:      e' = (55 e_t - 59 e_1 + 37 e_2 - 9 e_3) / 24
 
         The first step has no history and takes a pseudo improved-Euler (Heun) step instead:
-        e' = (e_t + e(x_next, t_prev)) / 2, one extra model call. Deterministic (eta is unused).
+        e' = (e_t + e(x_next, t_prev)) / 2, one extra model call. The Heun start and the lower
+        orders are the latent-diffusion code's; PNDM itself starts with three pseudo Runge-Kutta
+        steps of four calls each. Deterministic (eta is unused).
         The x0 it yields is the one the combined e' gives.
         """
         old_eps: list[torch.Tensor] = []  # most recent first
@@ -322,7 +329,8 @@ class GaussianDiffusion:
             D = (1 + 1 / (2 r)) x0_theta(x_t, t) - 1 / (2 r) x0_theta(previous)
 
         The last step goes to alpha-bar = 1 (sigma = 0, lambda = infinity), where the update is
-        just x_0 = x0_theta: first order of necessity, since h is infinite there (r = 0).
+        just x_0 = x0_theta: first order of necessity, since h is infinite there (r = 0), and the
+        correction 1 / (2 r) would be too.
         Deterministic (eta is unused).
         """
         prev_x0, prev_h = None, None

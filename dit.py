@@ -244,7 +244,8 @@ class Autoguided(nn.Module):
     predictions points away from those errors. Classifier-free guidance pushes away from the
     unconditional model instead, towards each label's commonest shapes, and so makes the digits
     alike; autoguidance sharpens them without that, so that less classifier-free guidance reaches
-    the same class accuracy. Three passes of the network per step instead of two.
+    the same class accuracy. One more pass of the network per step (the weak model's): three
+    instead of two.
 
     The samplers call `forward_with_cfg` only, so they sample this as they sample a DiT."""
 
@@ -260,8 +261,10 @@ class Autoguided(nn.Module):
 
 def load_ema(checkpoint: dict, cfg: Config, path, device) -> tuple[DiT, DiT | Autoguided]:
     """(the EMA DiT, the model to sample with) of a checkpoint that support.checkpoint's
-    read_checkpoint has read, on `device` in eval mode. The EMA weights give cleaner samples than
-    the raw ones (DiT, section 4). The model to sample with is the EMA itself, or Autoguided with
+    read_checkpoint has read, on `device` in eval mode. The EMA weights are what DiT samples with
+    (all its results use them, section 4); for a run as short as the default's, whose rate decays
+    to 0, the raw weights score about as well (benchmarks/README.md, "The EMA's length"). The
+    model to sample with is the EMA itself, or Autoguided with
     cfg.sample.autoguide_scale when that is not 1 and the checkpoint keeps a weak model
     ("weak_ema"; checkpoints of earlier versions keep none)."""
     ema = load_weights(DiT(cfg.model), checkpoint["ema"], path).to(device).eval()

@@ -86,7 +86,8 @@ class Mlp(nn.Module):
         super().__init__()
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.fc1 = nn.Linear(hidden_size, mlp_hidden)
-        self.act = nn.GELU(approximate="tanh")  # DiT's choice: the tanh form is cheaper, same results
+        self.act = nn.GELU(approximate="tanh")  # DiT's choice: the tanh approximation of GELU,
+        #                                          practically the same function
         self.fc2 = nn.Linear(mlp_hidden, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

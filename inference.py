@@ -10,8 +10,8 @@
     python inference.py --trajectory my_trajectory.png   # the picture where you say
     python inference.py --num-per-class 100 --out-dir images/fake   # 1,000 PNGs for fid_computer.py
 
-The model is rebuilt from the config stored in the checkpoint, with the EMA weights (they give
-cleaner samples than the raw weights; DiT section 4), and samples with the checkpoint's sampler
+The model is rebuilt from the config stored in the checkpoint, with the EMA weights (what DiT
+samples with, section 4), and samples with the checkpoint's sampler
 settings unless a flag changes them: classifier-free guidance and, when the checkpoint keeps the
 early weights to guide away from, autoguidance (dit.Autoguided). A latent model (`train.py
 --preset latent`) samples latents, and the autoencoder stored in its checkpoint turns them into
