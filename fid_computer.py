@@ -2,7 +2,8 @@
 recall, class accuracy.
 
     python inference.py --num-per-class 100 --out-dir images/fake   # first, sample 1,000 digits
-    python fid_computer.py --metric mnist     # the MNIST scores: seconds, offline
+    python fid_computer.py --metric mnist     # the MNIST scores: offline, seconds (a minute more
+                                              # the first time, to train the classifier)
     python fid_computer.py                    # and the FID (made for 10,000: --num-per-class 1000)
     python fid_computer.py --fake my_digits/ --metric inception --dims 768
 

@@ -101,6 +101,7 @@ def train_step(model, diffusion: GaussianDiffusion, optimizer, x0, y, cfg: Confi
         group["lr"] = lr
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         # t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, loss = |eps - eps_theta|^2
+        # (weighted by min(SNR_t, gamma) / SNR_t when min_snr_gamma > 0)
         loss = diffusion.training_loss(model, x0, y, cfg.train.min_snr_gamma)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -250,13 +251,15 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             loss_since_log, steps_since_log = checkpoint["log_window"][procs.rank]
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
+    longer = ("a larger --max-steps (or --max-steps 0 and a larger --epochs)" if cfg.train.max_steps
+              else "a larger --epochs or --max-steps")
     if step > total_steps:  # a resumed run asked to end before where it is
         raise UserError(f"{ckpt_path} is at step {step} already, past this run's end at step "
-                        f"{total_steps}: to train on, resume with a larger --max-steps or --epochs")
+                        f"{total_steps}: to train on, resume with {longer}")
     if checkpoint is not None and step == total_steps:  # finished: leave it as it is
         if procs.is_main:
             print(f"{ckpt_path} is finished (step {step} of {total_steps}): nothing to train; to "
-                  "train on, resume with a larger --max-steps or --epochs")
+                  f"train on, resume with {longer}")
         return 0
     sample_every = cfg.train.sample_every or steps_per_epoch
     if weak_ema is None:  # 0 with weak_model_at 0: no step is 0, so none is kept
@@ -307,8 +310,10 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 if nonfinite:
                     last = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
                             else "no checkpoint was written")
+                    retry = " (or --amp off)" if bf16 else ""
                     raise UserError(f"training stopped: loss is {loss} at step {step + 1}; "
-                                    f"{last}. Try a lower --lr or --amp off")
+                                    f"{last}. Start a new run (--overwrite) with a lower --lr"
+                                    f"{retry}: a resumed run keeps its rate")
                 update_ema(ema, model, ema_decay_at(step, cfg))
                 step += 1
                 if step == weak_step and weak_ema is None:

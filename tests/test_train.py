@@ -168,7 +168,9 @@ def test_resuming_a_run_with_no_steps_left_says_how_to_train_on(tiny_data, tmp_p
     final = (tmp_path / "samples" / "final.png").stat().st_mtime_ns
     capsys.readouterr()
     assert run_train(tiny_data, tmp_path, "--resume") == 0  # finished: left as it is
-    assert "nothing to train; to train on, resume with a larger" in capsys.readouterr().out
+    # a run of --max-steps ignores --epochs, so the advice names --max-steps
+    assert ("nothing to train; to train on, resume with a larger --max-steps (or --max-steps 0 "
+            "and a larger --epochs)") in capsys.readouterr().out
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "2") == 1  # ends before
     assert "past this run's end at step 2" in capsys.readouterr().err
     assert (tmp_path / "model.pth").read_bytes() == before
@@ -295,6 +297,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
     assert status == 1
     err = capsys.readouterr().err
     assert "loss is nan at step 5" in err and "last good checkpoint" in err
+    # the advice is a new run: a resumed one may not change its rate, and fp32 has no --amp off
+    assert "Start a new run (--overwrite) with a lower --lr:" in err and "--amp" not in err
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 4
 
 
