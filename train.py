@@ -291,6 +291,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     # It ends at total_steps, at the time limit, or on a stop request (a signal here or in any
     # other process); a non-finite loss ends the run with an error and no new checkpoint.
     start_step, started, stop, time_is_up = step, time.time(), False, False
+    # the step of the checkpoint this run can fall back to: the one it resumed, or its own last
+    # (an --overwrite run's folder still holds the replaced run's model.pth until its first)
+    saved_step = step if checkpoint is not None else None
     last_log, seen_since_log = started, 0
     batch_stream = batches.stream(step)  # resumes mid-epoch: skips the batches already seen
     bar = tqdm(total=total_steps, initial=step, disable=not procs.is_main, unit="step",
@@ -308,8 +311,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 stop, nonfinite = agree(procs, bool(stops.signals) or time_is_up,
                                         not math.isfinite(loss))
                 if nonfinite:
-                    last = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-                            else "no checkpoint was written")
+                    last = (f"the last good checkpoint is {ckpt_path} (step {saved_step})"
+                            if saved_step is not None else "this run wrote no checkpoint yet")
                     retry = " (or --amp off)" if bf16 else ""
                     raise UserError(f"training stopped: loss is {loss} at step {step + 1}; "
                                     f"{last}. Start a new run (--overwrite) with a lower --lr"
@@ -355,6 +358,7 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                         write_log(log_rows, out_dir / "log.csv")
                         save_loss_plot(log_rows, out_dir / "loss.png")
                         save_gates_plot(log_rows, out_dir / "gates.png")
+                    saved_step = step
                 if (step % sample_every == 0 and step != total_steps and not stop
                         and procs.is_main):
                     path = out_dir / "samples" / f"step_{step:07d}.png"

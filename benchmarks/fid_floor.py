@@ -23,6 +23,7 @@ folder to `fid_computer.py --fake`.)
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common import MnistJudge, load_decoder  # beside this file in benchmarks/
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
 
     decoder = None
     if args.through:
+        if not Path(args.through).is_file():
+            raise SystemExit(f"no checkpoint at {args.through}: --through needs a latent model's "
+                             "checkpoint, such as pretrained/latent/model.pth")
         decoder = load_decoder(args.through)
         if decoder is None:
             raise SystemExit(f"{args.through} is a model of pixels: --through needs a latent "

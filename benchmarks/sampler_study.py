@@ -111,6 +111,9 @@ def load_weak_model(path: str, cfg, device):
     """The --autoguide model, which must denoise the same images on the same noise schedule."""
     from support.cli import UserError
 
+    if not Path(path).is_file():
+        raise UserError(f"--autoguide {path}: no such checkpoint; pass the model.pth of a weaker "
+                        "run (fewer steps, or one that train.py --keep-every kept)")
     weak, weak_cfg = load_model(path, device, autoguided=False)  # its plain EMA
     task = [(c.model.image_size, c.model.in_channels, c.model.num_classes, c.autoencoder is None,
              c.diffusion) for c in (weak_cfg, cfg)]

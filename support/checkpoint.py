@@ -63,8 +63,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def remove_kept_files(out_dir: str | Path) -> int:
     """Delete what a run leaves beside its latest checkpoint: the kept step_*.pth and the sample
     grids (samples/step_*.png, samples/final.png). `train.py --overwrite` calls it so that a
-    new run's folder holds nothing of the run it replaces; model.pth, log.csv and loss.png are
-    replaced as the new run writes them. Returns how many files it deleted."""
+    new run's folder holds nothing of the run it replaces but model.pth, log.csv, loss.png and
+    gates.png, which the new run replaces at its first checkpoint. Returns how many files it
+    deleted."""
     out_dir = Path(out_dir)
     stale = [*out_dir.glob("step_*.pth"), *(out_dir / "samples").glob("step_*.png"),
              *(out_dir / "samples").glob("final.png")]
@@ -124,8 +125,11 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
         train, shipped = (("python train.py --preset latent", SHIPPED_LATENT)
                           if path.resolve().parent == (RUNS / "latent").resolve()
                           else ("python train.py", SHIPPED))
-        raise UserError(f"no checkpoint at {path}: train one with {train}, or sample the shipped "
-                        f"weights with --checkpoint {shipped}")
+        # the shipped weights can be sampled (--checkpoint is the flag of every script that
+        # samples), not resumed or shipped again
+        or_shipped = "" if with_training_state else (f", or sample the shipped weights with "
+                                                     f"--checkpoint {shipped}")
+        raise UserError(f"no checkpoint at {path}: train one with {train}{or_shipped}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -149,6 +153,12 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
         raise UserError(f"{path} is a latent model but holds no autoencoder to decode its samples: "
                         "it is damaged or was written by another version; retrain it with "
                         "python train.py --preset latent")
+    if missing and isinstance(ckpt, dict) and "source" in ckpt and "ema" in ckpt:
+        raise UserError(f"{path} holds shipped weights (the EMA alone, no training state): "
+                        "sample them with inference.py; to train on, train a run of your own")
+    if missing and isinstance(ckpt, dict) and "autoencoder" in ckpt and "ema" not in ckpt:
+        raise UserError(f"{path} is a latent run's first stage (its autoencoder), not a DiT: pass "
+                        "the run's model.pth")
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)}): "
                         "it is damaged or was written by another version; retrain it")

@@ -2,7 +2,8 @@
 
 Each set's features (N, d) are summarised by a Gaussian, their mean and covariance
 (`feature_statistics`), and two Gaussians are compared by the Frechet distance (Dowson & Landau
-1982), computed by pytorch-fid's own function, the one every FID in the literature comes from:
+1982), computed by pytorch-fid's function (pytorch-fid ports the reference TensorFlow FID code
+and reproduces its numbers closely):
 
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
 

@@ -67,10 +67,14 @@ def read_images(folder: str | Path, files: list[Path]) -> ImageFolder:
                   disable=len(files) < 5000):
         try:
             with Image.open(f) as img:
+                mode = img.mode
                 img = img.convert("L")  # reads the pixels; MNIST and our samples are grayscale
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise UserError(f"{f} is not a readable image ({type(e).__name__}): only images may "
                             f"be in {folder}; move that file out") from None
+        if mode in ("I", "F") or mode.startswith("I;"):  # Pillow clips these to 0-255, not scales
+            raise UserError(f"{f} has {mode} pixels (16-bit integers or floats), which would be "
+                            "read clipped: save the digits as 8-bit images")
         if first is None:
             first = (f, img.size)
         elif img.size != first[1]:

@@ -180,8 +180,8 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
     the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
       mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
       precision, recall: improved precision and recall with k = 3 (support/manifold.py), against
-                 the first N real digits, as many as were generated (both are estimated from
-                 samples, and the paper compares sets of equal size);
+                 the first N real digits, as many as were generated up to the real set's size
+                 (both are estimated from samples, and the paper compares sets of equal size);
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels).
     Also "num_images"."""
@@ -192,7 +192,8 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
               "precision": precision, "recall": recall, "class_accuracy": None,
               "per_class_accuracy": None, "num_images": len(pixels)}
     if labels is not None:
-        correct = preds == labels.cpu().long()
+        labels = labels.cpu().long()  # beside the predictions, which classify returns on the CPU
+        correct = preds == labels
         scores["class_accuracy"] = correct.float().mean().item()
         scores["per_class_accuracy"] = {k: correct[labels == k].float().mean().item()
                                         for k in labels.unique().tolist()}

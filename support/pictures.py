@@ -7,7 +7,8 @@ another. Each function draws what it is handed (tensors, the log's rows, or a di
 whose schedule it reads): nothing here imports a module of the lesson.
 
 Images are tensors in the model's range [-1, 1]; every picture is a PNG of at most 256 colours
-written with matplotlib (`save_figure`), or torchvision's `save_image` for plain grids.
+written with matplotlib (`save_figure`), or torchvision's `save_image` for plain grids, except
+the sampling animation, a GIF (`save_gif`).
 """
 
 from __future__ import annotations

@@ -350,6 +350,8 @@ def test_fid_floor_scores_the_same_digits_through_a_latent_models_autoencoder(
     with pytest.raises(SystemExit, match="a model of pixels"):
         fid_floor.main(["--sizes", "40", "--data-dir", str(data),
                         "--through", str(tiny_checkpoint[0])])
+    with pytest.raises(SystemExit, match="no checkpoint at nowhere.pth: --through needs a latent"):
+        fid_floor.main(["--sizes", "40", "--data-dir", str(data), "--through", "nowhere.pth"])
 
 
 def test_fid_floor_draws_only_the_classes_asked_for(tmp_path, monkeypatch, capsys):
@@ -492,6 +494,7 @@ def untrained_checkpoint(checkpoint, tmp_path, **diffusion):
     (["--autoguide-scale", "2", "NO_WEAK"], "keeps no weak model"),
     (["--autoguide", "CKPT", "--autoguide-scale", "-1"], "--autoguide-scale must be 0 or more"),
     (["--autoguide", "OTHER_T"], "is not a model of the same images and noise schedule"),
+    (["--autoguide", "nowhere.pth"], "--autoguide nowhere.pth: no such checkpoint"),
 ])
 def test_sampler_study_rejects_bad_autoguidance(tiny_checkpoint, argv, message, tmp_path, capsys):
     import sampler_study

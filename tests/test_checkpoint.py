@@ -71,6 +71,26 @@ def test_shipped_weights_are_the_ema_and_the_weak_ema_in_half_precision(tmp_path
             torch.testing.assert_close(value.float(), state[key][name], atol=2e-3, rtol=1e-3)
 
 
+def test_the_projects_other_files_are_named_for_what_they_are_when_misused(tmp_path):
+    # Shipped weights sample but cannot resume (train.py --resume --out-dir pretrained) ...
+    training_checkpoint(tmp_path / "c.pth")
+    ship_weights(tmp_path / "c.pth", tmp_path / "s.pth", source="test")
+    read_checkpoint(tmp_path / "s.pth")  # enough to sample
+    with pytest.raises(UserError, match="holds shipped weights .*sample them with inference.py"):
+        read_checkpoint(tmp_path / "s.pth", with_training_state=True)
+    # ... a latent run's autoencoder.pth is not a DiT ...
+    save_checkpoint(tmp_path / "autoencoder.pth", {"autoencoder": {"w": torch.ones(1)},
+                                                   "config": {"channels": 32}, "seconds": 1.0})
+    with pytest.raises(UserError, match="first stage .*not a DiT: pass the run's model.pth"):
+        read_checkpoint(tmp_path / "autoencoder.pth")
+    # ... and a missing file offers the shipped weights only where they would do.
+    with pytest.raises(UserError, match="sample the shipped weights with --checkpoint"):
+        read_checkpoint(tmp_path / "none.pth")
+    with pytest.raises(UserError) as refused:
+        read_checkpoint(tmp_path / "none.pth", with_training_state=True)
+    assert "no checkpoint at" in str(refused.value) and "shipped" not in str(refused.value)
+
+
 class NotPlain:
     """A class a checkpoint must not hold: unpickling it could run code."""
 

@@ -276,6 +276,9 @@ def folders(tiny, tmp_path):
     write_pngs(tmp_path / "mixed", 140)
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "mixed" / "00099_9.png")
     write_pngs(tmp_path / "big", 140, size=32)
+    write_pngs(tmp_path / "deep", 140)  # one 16-bit PNG among them, which Pillow would clip
+    deep = Image.fromarray(np.full((28, 28), 22000, dtype=np.uint16))
+    deep.save(tmp_path / "deep" / "00099_9.png")
     return tmp_path
 
 
@@ -293,6 +296,8 @@ OTHER_RUN = " (with --checkpoint RUN/model.pth for a run other than runs/default
     ("text", "{d}/text/notes.txt is not a readable image"),
     ("mixed", "images of mixed sizes in {d}/mixed"),
     ("big", "are 32 x 32 pixels; the MNIST classifier reads 28 x 28 digits"),
+    ("deep", "pixels (16-bit integers or floats), which would be read clipped: save the digits "
+             "as 8-bit images"),  # the mode's name (I;16 or I) depends on Pillow's version
 ])
 def test_bad_fake_folder_gives_one_line_error(folders, tiny, fake, message, capsys):
     status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real", folders / "real",

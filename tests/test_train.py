@@ -296,10 +296,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
     status = run_train(tiny_data, tmp_path, "--max-steps", "20", "--checkpoint-every", "2")
     assert status == 1
     err = capsys.readouterr().err
-    assert "loss is nan at step 5" in err and "last good checkpoint" in err
+    assert "loss is nan at step 5" in err and "last good checkpoint" in err and "(step 4)" in err
     # the advice is a new run: a resumed one may not change its rate, and fp32 has no --amp off
     assert "Start a new run (--overwrite) with a lower --lr:" in err and "--amp" not in err
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 4
+    # An --overwrite run that fails before its first checkpoint must not offer the model.pth of
+    # the run it replaces as its own good checkpoint.
+    calls.clear()
+    assert run_train(tiny_data, tmp_path, "--max-steps", "20", "--checkpoint-every", "10",
+                     "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert "this run wrote no checkpoint yet" in err and "last good checkpoint" not in err
 
 
 def test_out_of_memory_batch_gives_message(tiny_data, tmp_path, monkeypatch, capsys):
