@@ -57,8 +57,9 @@ AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced 
 
 def use_bf16(amp: str, device) -> bool:
     """The project's one bf16 policy, for training and sampling alike: whether the network runs
-    under bf16 autocast. "bf16" and "off" (fp32) force it; "auto" is on for CUDA, where bf16
-    tensor cores run many times faster than fp32, and off on every CPU. On a CPU it depends on the
+    under bf16 autocast. "bf16" and "off" (fp32) force it; "auto" is on for CUDA GPUs with bf16
+    tensor cores (compute capability 8.0 on, Ampere and later), which run it many times faster than
+    fp32, off on older ones (a T4 or V100 has none), and off on every CPU. On a CPU it depends on the
     chip: 0.72x fp32's training speed on a Xeon without AMX, about 1.0x on one with AMX, 1.35-1.41x
     on EPYCs with AVX-512 bf16, and nothing tells them apart cheaply before running; where bf16
     was faster, its extra training images did not show in the digits (benchmarks/README.md,
@@ -68,7 +69,11 @@ def use_bf16(amp: str, device) -> bool:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":
         return amp == "bf16"
-    return device.type == "cuda"
+    if device.type != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def is_out_of_memory(e: BaseException) -> bool:

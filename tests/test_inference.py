@@ -256,14 +256,18 @@ def test_labels_choose_rows(checkpoint, tmp_path):
     assert Image.open(grid).size == (5 * 30 + 2, 3 * 30 + 2)
 
 
-def test_amp_flag_chooses_sampling_precision(checkpoint, tmp_path, capsys):
+def test_amp_flag_chooses_sampling_precision(checkpoint, tmp_path, capsys, monkeypatch):
     from support.cli import use_bf16
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16("off", cpu) is False and use_bf16("off", cuda) is False
     assert use_bf16("bf16", cpu) is True and use_bf16("bf16", cuda) is True
     assert use_bf16("auto", cpu) is False  # fp32 on every CPU, measured faster there
-    assert use_bf16("auto", cuda) is True
+    # on CUDA, bf16 where the GPU has bf16 tensor cores (an A100 or H100), not on a T4
+    for capability, on in [((8, 0), True), ((9, 0), True), ((7, 5), False)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+        assert use_bf16("auto", cuda) is on
+    monkeypatch.undo()
 
     argv = ["--checkpoint", str(checkpoint), "--steps", "3", "--per-row", "2"]
     for amp in ("off", "bf16"):
