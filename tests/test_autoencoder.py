@@ -1,5 +1,6 @@
 """Tests of the latent preset: the autoencoder, its scale factor, the DiT trained on its latents."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -63,6 +64,15 @@ def test_reconstruction_error_falls_in_a_short_training(fake_digits):
     trained = autoencoder_loss(model, x, 0.0, torch.Generator().manual_seed(1))[1]
     assert trained < 0.5 * untrained, (trained, untrained)
     assert log[-1]["reconstruction"] < log[0]["reconstruction"]
+
+
+def test_training_minimises_the_reconstruction_plus_kl_weight_times_the_kl(fake_digits):
+    # The loop must hand the config's weight to the loss: with kl_weight 1 the logged loss is the
+    # sum of its two terms (with the KL dropped it would be the reconstruction alone).
+    cfg = dataclasses.replace(SMALL, kl_weight=1.0, epochs=1)
+    _, log = train_autoencoder(fake_digits, cfg, torch.device("cpu"), progress=False)
+    for row in log:
+        assert row["kl"] > 1 and row["loss"] == pytest.approx(row["reconstruction"] + row["kl"])
 
 
 def test_kl_term_is_the_closed_form_of_a_gaussian_against_the_standard_normal():

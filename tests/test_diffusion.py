@@ -58,6 +58,24 @@ def test_q_sample_closed_form_matches_step_by_step_chain(diffusion):
     a = diffusion.alphas_cumprod[t_val]
     assert x.mean().item() == pytest.approx((a.sqrt() * 0.5).item(), abs=0.01)
     assert x.var().item() == pytest.approx((1 - a).item(), abs=0.01)
+    # and q_sample, the one-shot jump itself, draws the same distribution
+    jumped = diffusion.q_sample(torch.full((n, 1, 1, 1), 0.5), torch.full((n,), t_val),
+                                torch.randn(n, 1, 1, 1)).flatten()
+    assert jumped.mean().item() == pytest.approx(x.mean().item(), abs=0.01)
+    assert jumped.var().item() == pytest.approx(x.var().item(), abs=0.01)
+
+
+def test_heldout_losses_split_by_noise_level_lowest_t_first(diffusion):
+    # A model whose error grows with t: eps_theta = t / 100 everywhere, so each image's noise MSE
+    # is about (t / 100)^2 + 1, and each range of t must report its own images' MSE, in order.
+    class ErrorGrowsWithT(torch.nn.Module):
+        def forward(self, x, t, y):
+            return (t.float() / 100).view(-1, 1, 1, 1).expand_as(x)
+
+    b = diffusion.heldout_losses(ErrorGrowsWithT(), torch.zeros(250, 1, 28, 28),
+                                 torch.zeros(250, dtype=torch.long))["bucket_mse"]
+    assert all(u < v for u, v in zip(b, b[1:])), b
+    assert b[0] == pytest.approx(1 + 0.5**2, abs=0.2) and b[-1] == pytest.approx(1 + 9.5**2, rel=0.02)
 
 
 @pytest.mark.parametrize("steps", [1, 10, 50, 1000])

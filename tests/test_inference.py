@@ -40,6 +40,20 @@ def test_grid_trajectory_and_guidance_strip(checkpoint, tmp_path, capsys):
     assert captured.err.count("/5 [") >= 7, captured.err[-500:]
 
 
+def test_the_guidance_strip_is_drawn_without_autoguidance(checkpoint, tmp_path, monkeypatch):
+    # Each column of the strip shows one classifier-free guidance scale alone: the plain EMA DiT,
+    # not the autoguided model that the grid samples (the fixture keeps a weak model, W 1.5).
+    from dit import DiT
+
+    seen, real = [], inference.guidance_strip
+    monkeypatch.setattr(inference, "guidance_strip",
+                        lambda model, *args, **kwargs: (seen.append(model), real(model, *args,
+                                                                                 **kwargs))[1])
+    assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png"),
+                           "--guidance-strip", "--steps", "2", "--labels", "3"]) == 0
+    assert len(seen) == 1 and type(seen[0]) is DiT
+
+
 def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, monkeypatch, capsys):
     """The shipped weights sit in the tracked pretrained/: sampling from a checkpoint outside
     runs/ writes into runs/samples/, from a run inside runs/ beside it, and a picture's own flag

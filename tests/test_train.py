@@ -33,6 +33,31 @@ def run_train(tiny_data, out_dir, *extra):
     return train.main(args)
 
 
+def test_the_optimizer_steps_at_the_rate_lr_at_gives(tiny_data, tmp_path):
+    # The log's lr column is lr_at computed again; this reads the rate the optimiser was given.
+    from config import Config
+
+    assert run_train(tiny_data, tmp_path, "--max-steps", "5") == 0
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    cfg = Config.from_dict(ckpt["config"])
+    used = ckpt["optimizer"]["param_groups"][0]["lr"]
+    assert used == pytest.approx(train.lr_at(4, cfg, 5)) and used < cfg.train.lr  # in the warm-up
+
+
+def test_gradients_are_clipped_to_grad_clip():
+    from dit import DiT
+
+    cfg = get_preset("tiny")
+    cfg.train.grad_clip = 1e-4  # far below a fresh model's gradient norm
+    torch.manual_seed(0)
+    model = DiT(cfg.model)
+    optimizer = train.make_optimizer(model, cfg)
+    x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+    train.train_step(model, GaussianDiffusion(), optimizer, x0, torch.arange(8), cfg, 1e-3, False)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert grads.norm().item() == pytest.approx(1e-4, rel=1e-3)  # .grad keeps the clipped one
+
+
 def ctrl_c_after(steps: int):
     """train.train_step that presses Ctrl-C in this process right after its `steps`-th step
     (the handler of train.py only notes it, so the run saves and returns 130)."""
