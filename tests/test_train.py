@@ -407,6 +407,8 @@ def test_torchrun_two_gloo_processes_stay_in_sync(tiny_data, tmp_path):
     assert "x 2 processes" in res.stdout
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+    # each rank draws its own t and noise (seed + rank): the same draws would waste the second
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert ckpt["weak_ema_step"] == 1  # kept by the main process, a fifth of the way (rounded)
     assert not torch.equal(ckpt["weak_ema"]["final_layer.linear.weight"],
                            ckpt["ema"]["final_layer.linear.weight"])
