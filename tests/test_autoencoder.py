@@ -75,6 +75,23 @@ def test_training_minimises_the_reconstruction_plus_kl_weight_times_the_kl(fake_
         assert row["kl"] > 1 and row["loss"] == pytest.approx(row["reconstruction"] + row["kl"])
 
 
+def test_the_autoencoder_trains_along_a_half_cosine_of_its_rate(fake_digits):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from support.schedule import half_cosine
+
+    seen = []  # the rate of every optimiser step, read as the step is taken
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
+    try:
+        train_autoencoder(fake_digits, dataclasses.replace(SMALL, epochs=2), torch.device("cpu"),
+                          progress=False)
+    finally:
+        hook.remove()
+    assert len(seen) > 2
+    assert seen == pytest.approx([SMALL.lr * half_cosine(k / len(seen)) for k in range(len(seen))])
+
+
 def test_kl_term_is_the_closed_form_of_a_gaussian_against_the_standard_normal():
     g = torch.Generator().manual_seed(0)
     mean, logvar = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)

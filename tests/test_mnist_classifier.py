@@ -26,8 +26,27 @@ def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
     mtime = path.stat().st_mtime_ns
     model = mc.load_classifier(tiny, load_mnist, "cpu")
     assert "training" not in capsys.readouterr().out and path.stat().st_mtime_ns == mtime
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     feats, preds = mc.classify(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
     assert feats.shape == (3, mc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
+
+
+def test_the_classifier_trains_along_a_half_cosine_of_its_rate(tiny, monkeypatch):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from support.schedule import half_cosine
+
+    seen = []  # the rate of every optimiser step, read as the step is taken
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
+    try:
+        images, labels = load_mnist(tiny, train=True)
+        cfg = mc.ClassifierConfig(epochs=2, batch_size=16)
+        mc.train_classifier(images, labels, images[:8], labels[:8], cfg=cfg, progress=False)
+    finally:
+        hook.remove()
+    assert len(seen) > 2
+    assert seen == pytest.approx([cfg.lr * half_cosine(k / len(seen)) for k in range(len(seen))])
 
 
 def test_damaged_classifier_file_is_a_user_error(tmp_path):
