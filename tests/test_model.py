@@ -66,6 +66,16 @@ def test_fresh_dit_outputs_exactly_zero():
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def test_fresh_embeddings_are_drawn_as_in_dit():
+    # DiT's initialisation: the label table and the timestep MLP from N(0, 0.02^2)
+    torch.manual_seed(0)
+    model = DiT(get_preset("cpu").model)
+    for weight in [model.y_embedder.embedding_table.weight, model.t_embedder.mlp[0].weight,
+                   model.t_embedder.mlp[2].weight]:
+        assert weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert weight.mean().abs().item() < 0.003
+
+
 def test_fresh_blocks_are_identity():
     model = small_model()
     x = torch.randn(2, 196, 32)
