@@ -69,6 +69,23 @@ def test_attention_weights_sum_to_one_and_give_the_blocks_own_attention():
     assert torch.allclose(by_hand, block.attn(h), atol=1e-5)
 
 
+def test_attention_panels_show_the_inkiest_patch_of_the_noised_digit_and_its_label():
+    from support.pictures import ATTENTION_TIMESTEPS, forward_process
+
+    model, diffusion = randomise(small_dit()).eval(), GaussianDiffusion()  # patch 7
+    x0 = -torch.ones(1, 28, 28)
+    x0[0, 14:21, 7:14] = 1  # ink in one 7 x 7 patch: row 2, column 1 of the 4 x 4, token 9
+    x_t, maps, query = figures.attention_panels(model, diffusion, x0, label=3)
+    assert query == 9
+    t = torch.tensor(ATTENTION_TIMESTEPS)
+    noised = forward_process(diffusion, x0, ATTENTION_TIMESTEPS, 0)
+    assert torch.equal(x_t, noised[:, 0])
+    want = torch.stack(model.attention_maps(noised, t, torch.full_like(t, 3)), dim=1)
+    assert torch.allclose(maps, want)
+    other = torch.stack(model.attention_maps(noised, t, torch.full_like(t, 5)), dim=1)
+    assert not torch.allclose(maps, other)  # the label is the one asked for
+
+
 def test_heldout_loss_is_the_bucket_size_weighted_mean_and_draws_nothing_from_training():
     diffusion = GaussianDiffusion()
     model = randomise(small_dit()).train()
