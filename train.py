@@ -251,8 +251,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
             loss_since_log, steps_since_log = checkpoint["log_window"][procs.rank]
     steps_per_epoch = len(batches)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch  # max_steps wins
-    longer = ("a larger --max-steps (or --max-steps 0 and a larger --epochs)" if cfg.train.max_steps
-              else "a larger --epochs or --max-steps")
+    longer = ("a larger --max-steps (or --max-steps 0 and a larger --epochs)"
+              if cfg.train.max_steps else "a larger --epochs or --max-steps")
     if step > total_steps:  # a resumed run asked to end before where it is
         raise UserError(f"{ckpt_path} is at step {step} already, past this run's end at step "
                         f"{total_steps}: to train on, resume with {longer}")

@@ -58,13 +58,13 @@ AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced 
 def use_bf16(amp: str, device) -> bool:
     """The project's one bf16 policy, for training and sampling alike: whether the network runs
     under bf16 autocast. "bf16" and "off" (fp32) force it; "auto" is on for CUDA GPUs with bf16
-    tensor cores (compute capability 8.0 on, Ampere and later), which run it many times faster than
-    fp32, off on older ones (a T4 or V100 has none), and off on every CPU. On a CPU it depends on the
-    chip: 0.72x fp32's training speed on a Xeon without AMX, about 1.0x on one with AMX, 1.35-1.41x
-    on EPYCs with AVX-512 bf16, and nothing tells them apart cheaply before running; where bf16
-    was faster, its extra training images did not show in the digits (benchmarks/README.md,
-    "Where bf16 loses its time on a CPU" and "The hardware"). Pass `--amp bf16` to try it on
-    yours. The samplers' own arithmetic stays in float64 either way."""
+    tensor cores (compute capability 8.0 on, Ampere and later), which run it many times faster
+    than fp32, off on older ones (a T4 or V100 has none), and off on every CPU. On a CPU it
+    depends on the chip: 0.72x fp32's training speed on a Xeon without AMX, about 1.0x on one
+    with AMX, 1.35-1.41x on EPYCs with AVX-512 bf16, and nothing tells them apart cheaply before
+    running; where bf16 was faster, its extra training images did not show in the digits
+    (benchmarks/README.md, "Where bf16 loses its time on a CPU" and "The hardware"). Pass
+    `--amp bf16` to try it on yours. The samplers' own arithmetic stays in float64 either way."""
     if amp not in AMP_CHOICES:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":
