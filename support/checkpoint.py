@@ -153,12 +153,13 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
         raise UserError(f"{path} is a latent model but holds no autoencoder to decode its samples: "
                         "it is damaged or was written by another version; retrain it with "
                         "python train.py --preset latent")
-    if missing and isinstance(ckpt, dict) and "source" in ckpt and "ema" in ckpt:
-        raise UserError(f"{path} holds shipped weights (the EMA alone, no training state): "
-                        "sample them with inference.py; to train on, train a run of your own")
-    if missing and isinstance(ckpt, dict) and "autoencoder" in ckpt and "ema" not in ckpt:
-        raise UserError(f"{path} is a latent run's first stage (its autoencoder), not a DiT: pass "
-                        "the run's model.pth")
+    if missing and isinstance(ckpt, dict):  # the project's other files, named for what they are
+        if "source" in ckpt and "ema" in ckpt:
+            raise UserError(f"{path} holds shipped weights (the EMA alone, no training state): "
+                            "sample them with inference.py; to train on, train a run of your own")
+        if "autoencoder" in ckpt and "ema" not in ckpt:
+            raise UserError(f"{path} is a latent run's first stage (its autoencoder), not a DiT: "
+                            "pass the run's model.pth")
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)}): "
                         "it is damaged or was written by another version; retrain it")

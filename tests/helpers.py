@@ -4,12 +4,28 @@ decoder come from benchmarks/common.py (on pytest's path, pyproject.toml), which
 the benchmarks the same way: one loader for both."""
 
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from dataset import resolve_data_dir
+
+@contextmanager
+def optimizer_step_rates():
+    """The learning rate of every optimiser step taken inside the block (the first parameter
+    group's), read as the step is taken: what a training loop really ran at."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    rates = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: rates.append(optimizer.param_groups[0]["lr"]))
+    try:
+        yield rates
+    finally:
+        hook.remove()
+
 
 # For the tests that read the real MNIST (the data folder, or $DIT_DATA_DIR, holding MNIST/raw):
 # skipped where it is missing, as on a fresh checkout; .ci/run copies it there, so CI runs them.

@@ -20,7 +20,7 @@ from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
 from common import load_decoder
 from common import load_model as load_sampling_model  # the EMA, with its autoguidance
-from helpers import X0Oracle, load_model, needs_real_mnist, write_tiny_mnist
+from helpers import X0Oracle, load_model, needs_real_mnist, optimizer_step_rates, write_tiny_mnist
 from support.checkpoint import read_checkpoint, save_checkpoint
 from support.cli import UserError
 from support.mnist_classifier import classify, load_classifier
@@ -76,18 +76,11 @@ def test_training_minimises_the_reconstruction_plus_kl_weight_times_the_kl(fake_
 
 
 def test_the_autoencoder_trains_along_a_half_cosine_of_its_rate(fake_digits):
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
     from support.schedule import half_cosine
 
-    seen = []  # the rate of every optimiser step, read as the step is taken
-    hook = register_optimizer_step_pre_hook(
-        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
-    try:
+    with optimizer_step_rates() as seen:
         train_autoencoder(fake_digits, dataclasses.replace(SMALL, epochs=2), torch.device("cpu"),
                           progress=False)
-    finally:
-        hook.remove()
     assert len(seen) > 2
     assert seen == pytest.approx([SMALL.lr * half_cosine(k / len(seen)) for k in range(len(seen))])
 

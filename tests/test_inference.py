@@ -46,9 +46,12 @@ def test_the_guidance_strip_is_drawn_without_autoguidance(checkpoint, tmp_path, 
     from dit import DiT
 
     seen, real = [], inference.guidance_strip
-    monkeypatch.setattr(inference, "guidance_strip",
-                        lambda model, *args, **kwargs: (seen.append(model), real(model, *args,
-                                                                                 **kwargs))[1])
+
+    def recording_strip(model, *args, **kwargs):
+        seen.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "guidance_strip", recording_strip)
     assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png"),
                            "--guidance-strip", "--steps", "2", "--labels", "3"]) == 0
     assert len(seen) == 1 and type(seen[0]) is DiT

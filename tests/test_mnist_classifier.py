@@ -7,7 +7,7 @@ import torch
 import support.mnist_classifier as mc
 from support.cli import UserError
 from dataset import load_mnist
-from helpers import write_tiny_mnist
+from helpers import optimizer_step_rates, write_tiny_mnist
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +31,13 @@ def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
     assert feats.shape == (3, mc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
 
 
-def test_the_classifier_trains_along_a_half_cosine_of_its_rate(tiny, monkeypatch):
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
+def test_the_classifier_trains_along_a_half_cosine_of_its_rate(tiny):
     from support.schedule import half_cosine
 
-    seen = []  # the rate of every optimiser step, read as the step is taken
-    hook = register_optimizer_step_pre_hook(
-        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
-    try:
-        images, labels = load_mnist(tiny, train=True)
-        cfg = mc.ClassifierConfig(epochs=2, batch_size=16)
+    images, labels = load_mnist(tiny, train=True)
+    cfg = mc.ClassifierConfig(epochs=2, batch_size=16)
+    with optimizer_step_rates() as seen:
         mc.train_classifier(images, labels, images[:8], labels[:8], cfg=cfg, progress=False)
-    finally:
-        hook.remove()
     assert len(seen) > 2
     assert seen == pytest.approx([cfg.lr * half_cosine(k / len(seen)) for k in range(len(seen))])
 
