@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import pickle
 from pathlib import Path
@@ -42,18 +43,27 @@ from support.cli import UserError
 def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: bool = True) -> None:
     """Call write(f) on a hidden temporary file beside `path`, then rename it over `path`
     (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
-    folder listing that skips hidden files never sees half a file. With fsync the data reaches
-    the disk before the rename, so a power cut cannot leave an empty file under the final name;
-    fsync=False skips that wait for many small files that can be made again (benchmarks/README.md,
-    "Sampling speed", the paragraph after the table)."""
+    folder listing that skips hidden files never sees half a file. The temporary's name is this
+    writer's own (process id and a counter), so two writers of one file never write into the same
+    temporary: the last rename wins, with a whole file. A write that raises removes its temporary.
+    With fsync the data reaches the disk before the rename, so a power cut cannot leave an empty
+    file under the final name; fsync=False skips that wait for many small files that can be made
+    again (benchmarks/README.md, "Sampling speed", the paragraph after the table)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-        write(f)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temporaries)}.tmp")
+    try:
+        with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C and SystemExit too: the old file stays, the half-file goes
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_temporaries = itertools.count()  # numbers atomic_write's temporaries within this process
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -23,8 +23,24 @@ def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, half_then_crash)
     assert path.read_text() == "a,b\n1,2\n"  # the previous version, whole
-    # The leftover is hidden, so folder listings that skip dot-files never take it for a result.
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["log.csv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # and the half-file removed
+
+
+def test_two_writers_of_one_file_each_write_a_whole_file(tmp_path):
+    # Another writer of the same file starts and finishes while this one is half-way through
+    # (two processes saving one log): each writes into its own temporary, the last rename wins,
+    # and what is left is one whole version, not a splice of both.
+    path = tmp_path / "log.csv"
+
+    def interrupted(f):
+        f.write("first half, ")
+        atomic_write(path, lambda g: g.write("the other writer's file"), text=True)
+        assert path.read_text() == "the other writer's file"
+        f.write("second half")
+
+    atomic_write(path, interrupted, text=True)
+    assert path.read_text() == "first half, second half"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
 
 
 def test_checkpoints_reach_the_disk_before_they_replace_the_old_one(tmp_path, monkeypatch):
