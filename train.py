@@ -352,10 +352,13 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                     if autoencoder is not None:  # what decoding the samples needs
                         state["autoencoder"] = autoencoder.state_dict()
                     if procs.is_main:
+                        # The log first: killed between the two, a resumed run drops the rows
+                        # past its checkpoint's step (read_log); the other way round it would
+                        # lose those since the previous checkpoint.
+                        write_log(log_rows, out_dir / "log.csv")
                         save_checkpoint(ckpt_path, state)
                         if keep:  # the same state under a name the next save leaves alone
                             save_checkpoint(out_dir / f"step_{step:07d}.pth", state)
-                        write_log(log_rows, out_dir / "log.csv")
                         save_loss_plot(log_rows, out_dir / "loss.png")
                         save_gates_plot(log_rows, out_dir / "gates.png")
                     saved_step = step

@@ -18,7 +18,7 @@ import train
 from config import get_preset
 from diffusion import GaussianDiffusion
 from helpers import load_model, train_config, write_tiny_mnist
-from support.checkpoint import read_checkpoint, ship_weights
+from support.checkpoint import read_checkpoint, read_log, ship_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -268,6 +268,39 @@ def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, 
     assert read_checkpoint(tmp_path / "model.pth", with_training_state=True)["step"] == 4
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "6") == 0
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 6
+
+
+KILLED_BETWEEN_LOG_AND_CHECKPOINT = """
+import os, sys
+sys.path.insert(0, sys.argv.pop(1))
+import train
+done = []
+
+
+def dies_after_the_fifth_write(write):
+    def wrapped(*args, **kwargs):
+        write(*args, **kwargs)
+        done.append(1)
+        if len(done) == 5:  # the third save's first file written, its second not: SIGKILL here
+            os._exit(137)
+    return wrapped
+train.write_log = dies_after_the_fifth_write(train.write_log)
+train.save_checkpoint = dies_after_the_fifth_write(train.save_checkpoint)
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_the_log_and_the_checkpoint_loses_no_log_rows(tiny_data, tmp_path):
+    # Each save writes log.csv and model.pth, one after the other. Killed between them, the
+    # resumed run must still log every step once: the log may run ahead of the checkpoint
+    # (read_log drops the extra rows) but must not fall behind it.
+    cmd = [sys.executable, "-c", KILLED_BETWEEN_LOG_AND_CHECKPOINT, str(ROOT), "--preset", "tiny",
+           "--data-dir", str(tiny_data), "--out-dir", str(tmp_path), "--max-steps", "10",
+           "--checkpoint-every", "2", "--sample-every", "1000000"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 137, res.stderr[-2000:]
+    assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "10") == 0
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == list(range(1, 11))
 
 
 def test_sigint_saves_and_exits_cleanly(tiny_data, tmp_path):
