@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from support.checkpoint import atomic_write
 from support.cli import UserError
 from support.frechet import feature_statistics, frechet_distance
-from support.manifold import precision_recall
+from support.manifold import K, precision_recall
 from support.schedule import half_cosine
 
 CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the digits it learnt from
@@ -185,6 +185,9 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels).
     Also "num_images"."""
+    if len(pixels) <= K:  # below that no point has a k-th neighbour, and no covariance is sound
+        raise UserError(f"{len(pixels)} digits are too few to score: precision and recall need at "
+                        f"least {K + 1} (the MNIST-FD needs far more): generate more digits")
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
     precision, recall = precision_recall(real["features"][: len(feats)], feats)

@@ -16,6 +16,7 @@ import fid_computer as fc
 import support.mnist_classifier as mc
 from dataset import load_mnist, resolve_data_dir
 from helpers import needs_real_mnist, write_tiny_mnist
+from support.cli import UserError
 from support.image_files import labelled_file_name
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
@@ -147,6 +148,8 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
     assert mc.mnist_scores(classifier, noisy, None, real)["mnist_fd"] > 1e-3
     wrong = mc.mnist_scores(classifier, images, (labels + 1) % 10, real)
     assert wrong["class_accuracy"] < same["class_accuracy"]
+    with pytest.raises(UserError, match="3 digits are too few to score"):
+        mc.mnist_scores(classifier, images[:3], labels[:3], real)  # no 3rd neighbour among 2
     # The script scores the exported files exactly as the tensors (labels from the file names).
     folder = tmp_path / "real"
     fc.export_real_images(tiny, folder, progress=False)
