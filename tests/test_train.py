@@ -257,13 +257,19 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_path):
-    # Deterministic twin of the SIGKILL test: the process dies exactly halfway through writing.
-    cmd = [sys.executable, "-c", CRASH_IN_THIRD_SAVE, str(ROOT), "--preset", "tiny",
-           "--data-dir", str(tiny_data), "--out-dir", str(tmp_path), "--max-steps", "10",
-           "--checkpoint-every", "2", "--sample-every", "1000000"]
+def run_until_it_dies(script, tiny_data, out_dir):
+    """Run a script that patches train.py to die mid-save (exit 137, like SIGKILL): a tiny run of
+    10 steps with a checkpoint every 2."""
+    cmd = [sys.executable, "-c", script, str(ROOT), "--preset", "tiny", "--data-dir",
+           str(tiny_data), "--out-dir", str(out_dir), "--max-steps", "10", "--checkpoint-every",
+           "2", "--sample-every", "1000000"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 137, res.stderr[-2000:]
+
+
+def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_path):
+    # Deterministic twin of the SIGKILL test: the process dies exactly halfway through writing.
+    run_until_it_dies(CRASH_IN_THIRD_SAVE, tiny_data, tmp_path)
     assert list(tmp_path.glob(".model.pth.*.tmp"))  # the half-written file is the temporary one
     assert read_checkpoint(tmp_path / "model.pth", with_training_state=True)["step"] == 4
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "6") == 0
@@ -294,11 +300,7 @@ def test_a_kill_between_the_log_and_the_checkpoint_loses_no_log_rows(tiny_data, 
     # Each save writes log.csv and model.pth, one after the other. Killed between them, the
     # resumed run must still log every step once: the log may run ahead of the checkpoint
     # (read_log drops the extra rows) but must not fall behind it.
-    cmd = [sys.executable, "-c", KILLED_BETWEEN_LOG_AND_CHECKPOINT, str(ROOT), "--preset", "tiny",
-           "--data-dir", str(tiny_data), "--out-dir", str(tmp_path), "--max-steps", "10",
-           "--checkpoint-every", "2", "--sample-every", "1000000"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 137, res.stderr[-2000:]
+    run_until_it_dies(KILLED_BETWEEN_LOG_AND_CHECKPOINT, tiny_data, tmp_path)
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "10") == 0
     assert [row["step"] for row in read_log(tmp_path / "log.csv")] == list(range(1, 11))
 
