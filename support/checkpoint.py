@@ -45,7 +45,8 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
     folder listing that skips hidden files never sees half a file. The temporary's name is this
     writer's own (process id and a counter), so two writers of one file never write into the same
-    temporary: the last rename wins, with a whole file. A write that raises removes its temporary.
+    temporary: the last rename wins, with a whole file. A write that raises removes its temporary
+    (one killed outright leaves it, hidden).
     With fsync the data reaches the disk before the rename, so a power cut cannot leave an empty
     file under the final name; fsync=False skips that wait for many small files that can be made
     again (benchmarks/README.md, "Sampling speed", the paragraph after the table)."""

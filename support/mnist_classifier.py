@@ -185,7 +185,7 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels).
     Also "num_images"."""
-    if len(pixels) <= K:  # below that no point has a k-th neighbour, and no covariance is sound
+    if len(pixels) <= K:  # then no digit has a k-th nearest neighbour among the others
         raise UserError(f"{len(pixels)} digits are too few to score: precision and recall need at "
                         f"least {K + 1} (the MNIST-FD needs far more): generate more digits")
     feats, preds = classify(classifier, pixels, batch_size, device)
