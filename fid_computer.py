@@ -18,8 +18,9 @@ It scores folders; inference.py samples them. In the order of this file:
      (support/mnist_classifier.py); in the same features, improved precision and recall
      (support/manifold.py): the share of generated digits that fall among the real ones, and the
      share of real digits that fall among the generated ones (fidelity and variety, which one FD
-     mixes); and the class accuracy: the share of the images generated for digit k that this
-     classifier reads as k.
+     mixes), the recall also per digit of the real set, to show which digits lack variety; and
+     the class accuracy: the share of the images generated for digit k that this classifier
+     reads as k.
 
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
@@ -59,7 +60,8 @@ from dataset import load_mnist, resolve_data_dir
 from support.checkpoint import atomic_write
 from support.cli import UserError, exit_status, out_of_memory_as_error, pick_device
 from support.frechet import check_enough_images, feature_statistics, frechet_distance
-from support.image_files import ImageFolder, image_files, labelled_file_name, read_images
+from support.image_files import (ImageFolder, image_files, labelled_file_name, labels_from_names,
+                                 read_images)
 from support.mnist_classifier import MnistClassifier, classify, load_classifier, mnist_scores
 
 REAL_DIR = "images/real"  # the exported MNIST test set (git-ignored)
@@ -318,16 +320,21 @@ def run(args: argparse.Namespace) -> None:
         batch_size = max(args.batch_size, 500)  # the classifier is small: big batches fit anywhere
         real = real_statistics(args.real, real_files, classifier, MnistClassifier.FEATURE_DIMS,
                                args.cache_dir, batch_size, device)
-        scores = mnist_scores(classifier, fake.pixels, fake.labels, real, batch_size, device)
+        real_labels = labels_from_names(real_files)[0]  # None for names without a digit
+        scores = mnist_scores(classifier, fake.pixels, fake.labels, real, batch_size, device,
+                              real_labels)
         print(f"MNIST-FD: {scores['mnist_fd']:.3f}")
         print(f"precision: {scores['precision']:.4f}")
         print(f"recall: {scores['recall']:.4f}")
+        if scores["per_class_recall"] is not None:
+            print("recall per digit: " + "  ".join(f"{k}: {r:.3f}" for k, r in
+                                                   scores["per_class_recall"].items()))
         if scores["class_accuracy"] is None:
             print(f"warning: class accuracy skipped: {fake.no_labels_reason}", file=sys.stderr)
         else:
             print(f"class accuracy: {scores['class_accuracy']:.4f}")
-            print("per digit: " + "  ".join(f"{k}: {a:.3f}" for k, a in
-                                            scores["per_class_accuracy"].items()))
+            print("class accuracy per digit: " + "  ".join(
+                f"{k}: {a:.3f}" for k, a in scores["per_class_accuracy"].items()))
     print(f"done in {time.time() - t0:.0f} s")
 
 

@@ -87,7 +87,7 @@ class MnistJudge:
         data_dir = resolve_data_dir(data_dir)
         self.device = device
         self.classifier = load_classifier(data_dir, load_mnist, device)
-        test_images, _ = load_mnist(data_dir, train=False)
+        test_images, self.test_labels = load_mnist(data_dir, train=False)
         self.real = classifier_statistics(self.classifier, test_images, device=device)
 
     def score(self, images, labels=None) -> dict:
@@ -102,4 +102,5 @@ class MnistJudge:
         if pixels.dtype != torch.uint8:
             pixels = to_uint8(pixels)[:, 0]
         labels = None if labels is None else torch.as_tensor(labels).cpu()
-        return mnist_scores(self.classifier, pixels, labels, self.real, device=self.device)
+        return mnist_scores(self.classifier, pixels, labels, self.real, device=self.device,
+                            real_labels=self.test_labels)

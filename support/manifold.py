@@ -37,13 +37,18 @@ def knn_radii(features: torch.Tensor, k: int = K, chunk: int = 1000) -> torch.Te
     return torch.cat(radii)
 
 
+def inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+           chunk: int = 1000) -> torch.Tensor:
+    """Whether each of `points` (M, d) lies inside at least one ball (centres (N, d), radii
+    (N,)): (M,) booleans."""
+    return torch.cat([(torch.cdist(rows, centres) <= radii[None, :]).any(dim=1)
+                      for rows in points.split(chunk)])
+
+
 def coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
              chunk: int = 1000) -> float:
     """The share of `points` (M, d) inside at least one ball (centres (N, d), radii (N,))."""
-    inside = []
-    for rows in points.split(chunk):
-        inside.append((torch.cdist(rows, centres) <= radii[None, :]).any(dim=1))
-    return torch.cat(inside).double().mean().item()
+    return inside(points, centres, radii, chunk).double().mean().item()
 
 
 def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
@@ -54,3 +59,16 @@ def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.T
     precision = coverage(fake, real, knn_radii(real, k))
     recall = coverage(real, fake, knn_radii(fake, k))
     return precision, recall
+
+
+def recall_by_label(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
+                    labels: torch.Tensor, k: int = K) -> dict[int, float]:
+    """Recall split by the real points' labels (N,): for each label, the share of its real points
+    inside the generated manifold (all of it, whatever each generated point was drawn as). The
+    mean of these, weighted by each label's count, is the recall. Where it is low, the generator
+    misses ways that digit is written, even if what it draws of it looks real."""
+    real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    covered = inside(real, fake, knn_radii(fake, k))
+    labels = torch.as_tensor(labels).cpu()
+    return {c: covered[labels == c].double().mean().item() for c in labels.unique().tolist()}

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from support.checkpoint import atomic_write
 from support.cli import UserError
 from support.frechet import feature_statistics, frechet_distance
-from support.manifold import K, precision_recall
+from support.manifold import K, precision_recall, recall_by_label
 from support.schedule import half_cosine
 
 CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the digits it learnt from
@@ -175,7 +175,7 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
 
 def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torch.Tensor | None,
                  real: dict[str, np.ndarray], batch_size: int = 500,
-                 device: torch.device | str = "cpu") -> dict:
+                 device: torch.device | str = "cpu", real_labels: torch.Tensor | None = None) -> dict:
     """The scores of generated digits, uint8 (N, 28, 28), in the classifier's features, against
     the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
       mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
@@ -183,17 +183,23 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
                  the first N real digits, as many as were generated up to the real set's size
                  (both are estimated from samples, and the paper compares sets of equal size);
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
-                 digit in `labels` (None without labels).
+                 digit in `labels` (None without labels);
+      per_class_recall: recall split by the real digits' labels, `real_labels` (N,) in the
+                 real set's order (manifold.recall_by_label; None without them): which digits
+                 lack variety.
     Also "num_images"."""
     if len(pixels) <= K:  # then no digit has a k-th nearest neighbour among the others
         raise UserError(f"{len(pixels)} digits are too few to score: precision and recall need at "
                         f"least {K + 1} (the MNIST-FD needs far more): generate more digits")
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
-    precision, recall = precision_recall(real["features"][: len(feats)], feats)
+    reference = real["features"][: len(feats)]
+    precision, recall = precision_recall(reference, feats)
     scores = {"mnist_fd": frechet_distance(mu, sigma, real["mu"], real["sigma"]),
               "precision": precision, "recall": recall, "class_accuracy": None,
-              "per_class_accuracy": None, "num_images": len(pixels)}
+              "per_class_accuracy": None, "per_class_recall": None, "num_images": len(pixels)}
+    if real_labels is not None:
+        scores["per_class_recall"] = recall_by_label(reference, feats, real_labels[: len(feats)])
     if labels is not None:
         labels = labels.cpu().long()  # beside the predictions, which classify returns on the CPU
         correct = preds == labels

@@ -347,6 +347,8 @@ def test_fid_floor_scores_the_same_digits_through_a_latent_models_autoencoder(
     assert [row.split("|")[1].strip() for row in rows] == ["40 real", "40 autoencoded"]
     real, autoencoded = (float(row.split("|")[3]) for row in rows)
     assert real != autoencoded  # the decoded digits are scored, not the real ones again
+    per_digit = [float(r) for r in rows[0].split("|")[7].split()]  # the recall of each digit
+    assert len(per_digit) == 10 and all(0 <= r <= 1 for r in per_digit)
     with pytest.raises(SystemExit, match="a model of pixels"):
         fid_floor.main(["--sizes", "40", "--data-dir", str(data),
                         "--through", str(tiny_checkpoint[0])])
@@ -593,7 +595,8 @@ def test_latent_vs_pixel_reads_the_scripts_output():
     assert latent_vs_pixel.found(r"autoencoder: trained in (\d+) s", text) == 134
     assert latent_vs_pixel.found(r"\((\d+) images/s\)", text) == 1115
     scores = ("scoring 1000 images in runs/x/fake (mnist)\nMNIST-FD: 16.077\nprecision: 0.8660\n"
-              "recall: 0.7420\nclass accuracy: 0.9880\nper digit: 0: 0.980  1: 1.000\n")
+              "recall: 0.7420\nrecall per digit: 0: 0.541  1: 0.746\nclass accuracy: 0.9880\n"
+              "class accuracy per digit: 0: 0.980  1: 1.000\n")
     assert {name: latent_vs_pixel.found(pattern, scores)
             for name, pattern in latent_vs_pixel.SCORES.items()} == {
         "mnist_fd": 16.077, "precision": 0.866, "recall": 0.742, "class_accuracy": 0.988}

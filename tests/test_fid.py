@@ -150,6 +150,13 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
     assert wrong["class_accuracy"] < same["class_accuracy"]
     with pytest.raises(UserError, match="3 digits are too few to score"):
         mc.mnist_scores(classifier, images[:3], labels[:3], real)  # no 3rd neighbour among 2
+    # Recall split by the real digits' labels: a set of the test digits 0-4 alone holds every
+    # real 0-4 among the digits it is compared with (distance 0) and none of the 5-9.
+    assert same["per_class_recall"] is None  # no real labels given
+    low = labels < 5
+    split = mc.mnist_scores(classifier, images[low], labels[low], real,
+                            real_labels=labels)["per_class_recall"]
+    assert [split[k] for k in range(5)] == [1.0] * 5 and max(split[k] for k in range(5, 10)) < 0.5
     # The script scores the exported files exactly as the tensors (labels from the file names).
     folder = tmp_path / "real"
     fc.export_real_images(tiny, folder, progress=False)
@@ -157,6 +164,7 @@ def test_mnist_scores_of_the_real_set_against_itself(tiny, tmp_path, capsys):
                                "--real", folder, "--cache-dir", tmp_path / "cache"], capsys)
     assert status == 0 and abs(score(out, "MNIST-FD")) < 1e-3
     assert score(out, "precision") == score(out, "recall") == 1.0
+    assert "recall per digit: " + "  ".join(f"{k}: 1.000" for k in range(10)) in out
     assert score(out, "class accuracy") == pytest.approx(same["class_accuracy"], abs=1e-4)
     assert len(list((tmp_path / "cache").glob("real_mnist128_*.npz"))) == 1
 
@@ -331,6 +339,12 @@ def test_names_without_labels_skip_only_the_class_accuracy(folders, tiny, capsys
     assert status == 0, err
     assert score(out, "MNIST-FD") > 0 and "class accuracy: " not in out
     assert "class accuracy skipped" in err and "img0.png" in err
+    # A real folder whose names carry no digits: no recall per digit, the rest as before.
+    status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real",
+                                 folders / "unlabelled", "--fake", folders / "real",
+                                 "--cache-dir", folders / "cache"], capsys)
+    assert status == 0, err
+    assert "\nrecall: " in out and "recall per digit" not in out
 
 
 def run_script(argv, cwd):

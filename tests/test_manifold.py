@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.manifold import knn_radii, precision_recall
+from support.manifold import knn_radii, precision_recall, recall_by_label
 
 
 def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
@@ -80,6 +80,26 @@ def test_half_the_classes_missing_loses_recall_not_precision():
     half = precision_recall(real, clusters(200, list(range(5)), seed=2))
     assert half[0] == pytest.approx(full[0], abs=0.06)
     assert half[1] < 0.55 < full[1]
+
+
+def test_recall_by_label_finds_the_missing_classes_and_averages_to_the_recall():
+    """Split by the real points' labels, the recall of the half-missing generator above is near 0
+    for the classes it never draws and high for the others, and the shares, weighted by each
+    label's count, average back to the recall; each share is the brute-force one of its class."""
+    real = clusters(30, list(range(10)), seed=1)
+    labels = torch.arange(10).repeat_interleave(30)
+    labels[:45] = torch.tensor([0, 1, 2] * 15)  # unequal counts: 0-2 gain points, 0 loses some
+    fake = clusters(60, list(range(5)), seed=2)
+    split = recall_by_label(real, fake, labels)
+    assert list(split) == list(range(10))
+    assert all(split[c] > 0.7 for c in range(5)) and all(split[c] < 0.1 for c in range(5, 10))
+    counts = torch.bincount(labels)
+    weighted = sum(split[c] * counts[c].item() for c in split) / len(labels)
+    assert weighted == pytest.approx(precision_recall(real, fake)[1], abs=1e-12)
+    for c in (0, 2, 7):
+        in_class = (labels == c).numpy()
+        covered = brute_force(fake, real[in_class], k=3)[0]  # real points of c in fake's balls
+        assert split[c] == pytest.approx(covered, abs=1e-12)
 
 
 def test_points_off_the_data_lose_precision():
