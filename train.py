@@ -275,8 +275,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
         train_model = torch.compile(train_model)
     if procs.is_main:
         if args.overwrite and (removed := remove_kept_files(out_dir)):
-            print(f"--overwrite: removed {removed} kept checkpoints and sample grids of the "
-                  f"earlier run in {out_dir}")
+            print(f"--overwrite: removed {removed} kept checkpoints, sample grids and half-written "
+                  f"files of the earlier run in {out_dir}")
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         where = f"{device}" + (f" x {procs.world_size} processes" if procs.world_size > 1 else "")
         print(f"device: {where} | bf16 autocast: {'on' if bf16 else 'off'} | "

@@ -103,9 +103,12 @@ def test_overwrite_leaves_nothing_of_the_run_it_replaces(tiny_data, tmp_path, ca
     assert len(list(tmp_path.glob("step_*.pth"))) == 3
     unrelated = tmp_path / "notes.txt"
     unrelated.write_text("mine")
+    (tmp_path / ".model.pth.123.0.tmp").write_bytes(b"half of a checkpoint")  # a killed save's
     assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--overwrite") == 0
-    assert "removed 5 kept checkpoints and sample grids" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed 6 kept checkpoints, sample grids and half-written files" in out
     assert not list(tmp_path.glob("step_*.pth"))  # step 6's would pass for the new run's
+    assert not list(tmp_path.glob(".*.tmp"))
     grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert grids == ["final.png"]  # the new run's: 3 steps, so no grid at step 4
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 3
