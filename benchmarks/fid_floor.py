@@ -11,7 +11,8 @@ gets" looks like at each size, and generated sets must be compared with the floo
 Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
 common.MnistJudge against the MNIST test set, labels from the training set; precision and recall
 compare them with as many test digits (the first N), as support/mnist_classifier.mnist_scores
-does for generated digits, and the recall is also given per digit of those test digits. With `--through` a latent model's checkpoint, the same digits are also
+does for generated digits, and the recall is also given per digit of those test digits (a dash
+for a digit they lack). With `--through` a latent model's checkpoint, the same digits are also
 scored after its autoencoder (encoded, then decoded): the floor of that latent DiT, which can draw
 no better than its decoder gives back. With `--classes`, the digits are drawn from those classes
 only: real digits, all labelled right, that lack the other kinds, as a model that draws only
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                           seed=seed))
             for name, digits in sets.items():
                 s = judge.score(digits, labels[idx])
-                per_digit = " ".join(f"{r:.2f}" for r in (s.get("per_class_recall") or {}).values())
+                split = s.get("per_class_recall") or {}
+                per_digit = " ".join(f"{split[k]:.2f}" if k in split else "-" for k in range(10))
                 print(f"| {n:,} {name} | {seed} | {s['mnist_fd']:.2f} | {s['precision']:.3f} | "
                       f"{s['recall']:.3f} | {s['class_accuracy']:.4f} | {per_digit} |", flush=True)
 

@@ -175,7 +175,8 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
 
 def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torch.Tensor | None,
                  real: dict[str, np.ndarray], batch_size: int = 500,
-                 device: torch.device | str = "cpu", real_labels: torch.Tensor | None = None) -> dict:
+                 device: torch.device | str = "cpu",
+                 real_labels: torch.Tensor | None = None) -> dict:
     """The scores of generated digits, uint8 (N, 28, 28), in the classifier's features, against
     the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
       mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
@@ -184,13 +185,14 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
                  (both are estimated from samples, and the paper compares sets of equal size);
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels);
-      per_class_recall: recall split by the real digits' labels, `real_labels` (N,) in the
-                 real set's order (manifold.recall_by_label; None without them): which digits
-                 lack variety.
+      per_class_recall: recall split by the labels of the real digits it compares with,
+                 `real_labels` (one per real digit, in the real set's order, of which the first
+                 N are used; manifold.recall_by_label; None without them): which digits lack
+                 variety. A digit absent from those N has no entry.
     Also "num_images"."""
     if len(pixels) <= K:  # then no digit has a k-th nearest neighbour among the others
         raise UserError(f"{len(pixels)} digits are too few to score: precision and recall need at "
-                        f"least {K + 1} (the MNIST-FD needs far more): generate more digits")
+                        f"least {K + 1} (a sound MNIST-FD, 129): generate more digits")
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
     reference = real["features"][: len(feats)]

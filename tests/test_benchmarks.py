@@ -370,12 +370,15 @@ def test_fid_floor_draws_only_the_classes_asked_for(tmp_path, monkeypatch, capsy
 
         def score(self, digits, labels):
             scored.append((digits.shape, sorted(set(labels.tolist()))))
-            return {"mnist_fd": 1.0, "precision": 1.0, "recall": 1.0, "class_accuracy": 1.0}
+            return {"mnist_fd": 1.0, "precision": 1.0, "recall": 1.0, "class_accuracy": 1.0,
+                    "per_class_recall": {0: 0.5, 3: 1.0}}  # the test digits it met lack 8 others
 
     monkeypatch.setattr(fid_floor, "MnistJudge", RecordingJudge)
     fid_floor.main(["--sizes", "10", "--seeds", "0", "1", "--data-dir", str(data),
                     "--classes", "3", "7"])
     assert scored == [((10, 28, 28), [3, 7])] * 2  # 12 threes and sevens in the set, 10 drawn
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 10 ")]
+    assert rows[0].split("|")[7].split() == ["0.50", "-", "-", "1.00"] + ["-"] * 6  # in 0-9 order
     with pytest.raises(SystemExit, match="hold only 12 training digits"):
         fid_floor.main(["--sizes", "13", "--data-dir", str(data), "--classes", "3", "7"])
     scored.clear()

@@ -88,7 +88,7 @@ def test_recall_by_label_finds_the_missing_classes_and_averages_to_the_recall():
     label's count, average back to the recall; each share is the brute-force one of its class."""
     real = clusters(30, list(range(10)), seed=1)
     labels = torch.arange(10).repeat_interleave(30)
-    labels[:45] = torch.tensor([0, 1, 2] * 15)  # unequal counts: 0-2 gain points, 0 loses some
+    labels[:45] = torch.tensor([0, 1, 2] * 15)  # unequal counts: 15 zeros, 30 ones, 45 twos
     fake = clusters(60, list(range(5)), seed=2)
     split = recall_by_label(real, fake, labels)
     assert list(split) == list(range(10))
