@@ -16,7 +16,8 @@ in memory with common.MnistJudge (MNIST-FD against the MNIST test set, and class
 several `--seed`s each row draws its digits once per seed and reports the mean, since 1,000 digits
 score a few MNIST-FD apart from one draw of the noise to the next (benchmarks/README.md, "Variety
 and the default"). Writes a CSV (one row per sampler and step
-count, rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
+count, with the recall of each digit as `fid_computer.py` splits it, as digit:recall pairs;
+rewritten after every row, so an interrupted study keeps what it measured) and, beside it,
 a two-panel plot of both scores against the steps (default: sweep.csv and sweep.png beside the
 checkpoint).
 
@@ -40,7 +41,7 @@ SWEEP_STEPS = (5, 10, 20, 50, 100, 250)  # the step counts for DDIM, PLMS and DP
 SWEEP_NUM = 1000  # images per row: 100 per digit, well above the 129 that MNIST-FD needs
 COLUMNS = ["sampler", "steps", "num_images", "mnist_fd", "class_accuracy", "seconds", "bf16", "eta",
            "precision", "recall", "cfg_scale", "guidance_t_min", "guidance_t_max", "seeds",
-           "mnist_fd_per_seed", "autoguide", "autoguide_scale"]
+           "mnist_fd_per_seed", "autoguide", "autoguide_scale", "recall_per_digit"]
 SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]  # per draw, averaged over --seed
 
 
@@ -202,6 +203,9 @@ def sweep(args: argparse.Namespace) -> Path:
             if len(args.seeds) > 1:
                 print(f"{'seed ' + str(seed):>19}: " + score_line(draws[-1]), flush=True)
         scores = {k: sum(d[k] for d in draws) / len(draws) for k in SCORES}
+        # every draw is compared with the same test digits, so each holds the same digits
+        per_digit = {c: sum(d["per_class_recall"][c] for d in draws) / len(draws)
+                     for c in draws[0]["per_class_recall"]}
         seconds /= len(draws)  # per draw of --num digits
         rows.append({"sampler": sampler, "steps": steps, "num_images": args.num,
                      **{key: round(scores[key], 4) for key in SCORES},
@@ -211,7 +215,8 @@ def sweep(args: argparse.Namespace) -> Path:
                      "seeds": " ".join(map(str, args.seeds)),
                      "mnist_fd_per_seed": " ".join(f"{d['mnist_fd']:.4f}" for d in draws),
                      "autoguide": weak_name,
-                     "autoguide_scale": autoguide_scale})
+                     "autoguide_scale": autoguide_scale,
+                     "recall_per_digit": " ".join(f"{c}:{r:.3f}" for c, r in per_digit.items())})
         mean = "mean: " if len(args.seeds) > 1 else ""
         print(f"{sampler:>13} {steps:>5} steps: {mean}{score_line(scores)}  {seconds:7.1f} s",
               flush=True)

@@ -253,7 +253,7 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
     rows = out.read_text().splitlines()
     assert rows[0] == ("sampler,steps,num_images,mnist_fd,class_accuracy,seconds,bf16,eta,"
                        "precision,recall,cfg_scale,guidance_t_min,guidance_t_max,seeds,"
-                       "mnist_fd_per_seed,autoguide,autoguide_scale")
+                       "mnist_fd_per_seed,autoguide,autoguide_scale,recall_per_digit")
     runs = [tuple(r.split(",")[:3]) for r in rows[1:]]
     # DDPM (1000 steps) is left out to keep the test fast; it runs through the same code
     assert runs == [("ddim", "2", "130"), ("ddim", "4", "130"),
@@ -267,7 +267,10 @@ def test_sampler_study_writes_csv_and_plot(tiny_checkpoint, tmp_path, monkeypatc
         assert all(0 <= float(v) <= 1 for v in r.split(",")[8:10])  # precision, recall
         assert r.split(",")[10:13] == ["1.2", "0", "999"]  # the tiny preset's guidance, every t
         assert r.split(",")[13] == "0" and float(r.split(",")[14]) == float(r.split(",")[3])
-        assert r.split(",")[15:] == ["its own early EMA", "1.5"]  # the checkpoint's autoguidance
+        assert r.split(",")[15:17] == ["its own early EMA", "1.5"]  # the checkpoint's autoguidance
+        per_digit = dict(pair.split(":") for pair in r.split(",")[17].split())
+        assert list(per_digit) == [str(c) for c in range(10)]
+        assert all(0 <= float(v) <= 1 for v in per_digit.values())
     assert out.with_suffix(".png").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.png"]
 
@@ -298,9 +301,31 @@ def test_sampler_study_with_several_seeds_reports_the_mean_of_their_draws(tiny_c
         [float(one["mnist_fd"]), float(two["mnist_fd"])], abs=1e-4)
     for key in ["mnist_fd", "class_accuracy", "precision", "recall"]:
         assert float(both[key]) == pytest.approx((float(one[key]) + float(two[key])) / 2, abs=1e-4)
+
     printed = capsys.readouterr().out
     assert "seed 0: MNIST-FD" in printed and "seed 1: MNIST-FD" in printed
     assert "3 steps: mean: MNIST-FD" in printed
+
+
+def test_sampler_study_averages_each_digits_recall_over_the_draws(tiny_checkpoint, tmp_path,
+                                                                  monkeypatch):
+    import csv
+
+    import sampler_study
+
+    checkpoint, data = tiny_checkpoint
+    draws = iter([{0: 0.2, 1: 0.4}, {0: 0.6, 1: 1.0}])  # what the judge reads in each draw
+
+    def judged(judge, images, labels):
+        return {"mnist_fd": 1.0, "precision": 1.0, "recall": 1.0, "class_accuracy": 1.0,
+                "per_class_recall": next(draws)}
+    monkeypatch.setattr(sampler_study.MnistJudge, "score", judged)
+    out = tmp_path / "sweep.csv"
+    assert sampler_study.main(["--checkpoint", str(checkpoint), "--data-dir", str(data),
+                               "--num", "130", "--steps", "2", "--samplers", "ddim", "--out",
+                               str(out), "--seed", "0", "1"]) == 0
+    with open(out) as f:
+        assert next(csv.DictReader(f))["recall_per_digit"] == "0:0.400 1:0.700"
 
 
 @pytest.fixture(scope="module")
