@@ -40,6 +40,9 @@ from support.cli import UserError
 
 # ------------------------------------------------------------------------------ atomic files
 
+_temporaries = itertools.count()  # numbers atomic_write's temporaries within this process
+
+
 def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: bool = True) -> None:
     """Call write(f) on a hidden temporary file beside `path`, then rename it over `path`
     (os.replace is atomic). A crash or SIGKILL mid-write leaves the previous file intact, and a
@@ -62,9 +65,6 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     except BaseException:  # Ctrl-C and SystemExit too: the old file stays, the half-file goes
         tmp.unlink(missing_ok=True)
         raise
-
-
-_temporaries = itertools.count()  # numbers atomic_write's temporaries within this process
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

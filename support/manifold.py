@@ -51,11 +51,16 @@ def coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     return inside(points, centres, radii, chunk).double().mean().item()
 
 
+def as_float64(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Features as a float64 tensor: distances between features far from the origin and close
+    together need its 16 digits (float32's 7 would blur them)."""
+    return torch.as_tensor(np.asarray(features), dtype=torch.float64)
+
+
 def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
                      k: int = K) -> tuple[float, float]:
     """(precision, recall) of fake features (M, d) against real features (N, d), in float64."""
-    real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
-    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    real, fake = as_float64(real), as_float64(fake)
     precision = coverage(fake, real, knn_radii(real, k))
     recall = coverage(real, fake, knn_radii(fake, k))
     return precision, recall
@@ -67,8 +72,7 @@ def recall_by_label(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Te
     inside the generated manifold (all of it, whatever each generated point was drawn as). The
     mean of these, weighted by each label's count, is the recall. Where it is low, the generator
     misses ways that digit is written, even if what it draws of it looks real."""
-    real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
-    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
-    covered = inside(real, fake, knn_radii(fake, k))
+    fake = as_float64(fake)
+    covered = inside(as_float64(real), fake, knn_radii(fake, k))
     labels = torch.as_tensor(labels).cpu()
     return {c: covered[labels == c].double().mean().item() for c in labels.unique().tolist()}
