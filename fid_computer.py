@@ -18,9 +18,10 @@ It scores folders; inference.py samples them. In the order of this file:
      (support/mnist_classifier.py); in the same features, improved precision and recall
      (support/manifold.py): the share of generated digits that fall among the real ones, and the
      share of real digits that fall among the generated ones (fidelity and variety, which one FD
-     mixes), the recall also per digit of the real set, to show which digits lack variety; and
-     the class accuracy: the share of the images generated for digit k that this classifier
-     reads as k.
+     mixes), with the real set cut at random into groups as large as the generated one (the
+     paper compares sets of equal size) and the scores averaged over the groups; the recall also
+     per digit of the real set, to show which digits lack variety; and the class accuracy: the
+     share of the images generated for digit k that this classifier reads as k.
 
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).

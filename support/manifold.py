@@ -66,13 +66,39 @@ def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.T
     return precision, recall
 
 
-def recall_by_label(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
-                    labels: torch.Tensor, k: int = K) -> dict[int, float]:
-    """Recall split by the real points' labels (N,): for each label, the share of its real points
-    inside the generated manifold (all of it, whatever each generated point was drawn as). The
-    mean of these, weighted by each label's count, is the recall. Where it is low, the generator
-    misses ways that digit is written, even if what it draws of it looks real."""
-    fake = as_float64(fake)
-    covered = inside(as_float64(real), fake, knn_radii(fake, k))
-    labels = torch.as_tensor(labels).cpu()
-    return {c: covered[labels == c].double().mean().item() for c in labels.unique().tolist()}
+def real_groups(num_real: int, num: int, seed: int = 0) -> list[torch.Tensor]:
+    """Indices that cut a real set of num_real points into groups of num, shuffled with a fixed
+    seed (the num_real % num left over are not used); one group of all of them when num_real <=
+    num. Shuffled, so that a set stored in label order (all 0s first) gives every group of every
+    digit, and seeded, so that the same sets always score the same."""
+    if num_real <= num:
+        return [torch.arange(num_real)]
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(num_real))
+    return list(order[: num_real // num * num].split(num))
+
+
+def precision_recall_in_groups(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor,
+                               real_labels: torch.Tensor | None = None,
+                               k: int = K) -> tuple[float, float, dict[int, float] | None]:
+    """(precision, recall, recall per label) of fake features (M, d) against a real set larger
+    than it, such as the 10,000 MNIST test digits against 1,000 generated ones. The paper compares
+    sets of equal size (a ball's radius shrinks as its set grows denser), so the real set is cut
+    into groups of M (real_groups) and each group is compared with the whole generated set:
+      precision = the mean over the groups of the share of generated points in the group's
+                  manifold;
+      recall    = the share of the grouped real points in the generated manifold (the same for
+                  every group, so this is also the mean of the groups' recalls), and with
+                  real_labels (N,) the same share for each label's real points: which digits the
+                  generator lacks ways of writing. A label absent from the groups has no entry.
+    Using every group, not only the first, halves the noise of the real side and uses every real
+    point's label."""
+    real, fake = as_float64(real), as_float64(fake)
+    groups = real_groups(len(real), len(fake))
+    precision = float(np.mean([coverage(fake, real[g], knn_radii(real[g], k)) for g in groups]))
+    used = torch.cat(groups)
+    covered = inside(real[used], fake, knn_radii(fake, k))
+    per_label = None
+    if real_labels is not None:
+        labels = torch.as_tensor(real_labels).cpu()[used]
+        per_label = {c: covered[labels == c].double().mean().item() for c in labels.unique().tolist()}
+    return precision, covered.double().mean().item(), per_label

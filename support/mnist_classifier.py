@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from support.checkpoint import atomic_write
 from support.cli import UserError
 from support.frechet import feature_statistics, frechet_distance
-from support.manifold import K, precision_recall, recall_by_label
+from support.manifold import K, precision_recall_in_groups
 from support.schedule import half_cosine
 
 CLASSIFIER_FILE = "mnist_classifier.pth"  # in the data directory, next to the digits it learnt from
@@ -180,28 +180,26 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
     """The scores of generated digits, uint8 (N, 28, 28), in the classifier's features, against
     the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
       mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
-      precision, recall: improved precision and recall with k = 3 (support/manifold.py), against
-                 the first N real digits, as many as were generated up to the real set's size
-                 (both are estimated from samples, and the paper compares sets of equal size);
+      precision, recall: improved precision and recall with k = 3 (support/manifold.py), with
+                 the real set cut at random into groups as large as the generated one (the paper
+                 compares sets of equal size; manifold.precision_recall_in_groups);
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels);
-      per_class_recall: recall split by the labels of the real digits it compares with,
-                 `real_labels` (one per real digit, in the real set's order, of which the first
-                 N are used; manifold.recall_by_label; None without them): which digits lack
-                 variety. A digit absent from those N has no entry.
+      per_class_recall: recall split by the labels of the real digits, `real_labels` (one per
+                 real digit, in the real set's order; None without them): which digits lack
+                 variety. A digit absent from the real groups has no entry.
     Also "num_images"."""
     if len(pixels) <= K:  # then no digit has a k-th nearest neighbour among the others
         raise UserError(f"{len(pixels)} digits are too few to score: precision and recall need at "
                         f"least {K + 1} (a sound MNIST-FD, 129): generate more digits")
     feats, preds = classify(classifier, pixels, batch_size, device)
     mu, sigma = feature_statistics(feats)
-    reference = real["features"][: len(feats)]
-    precision, recall = precision_recall(reference, feats)
+    precision, recall, per_class_recall = precision_recall_in_groups(real["features"], feats,
+                                                                     real_labels)
     scores = {"mnist_fd": frechet_distance(mu, sigma, real["mu"], real["sigma"]),
               "precision": precision, "recall": recall, "class_accuracy": None,
-              "per_class_accuracy": None, "per_class_recall": None, "num_images": len(pixels)}
-    if real_labels is not None:
-        scores["per_class_recall"] = recall_by_label(reference, feats, real_labels[: len(feats)])
+              "per_class_accuracy": None, "per_class_recall": per_class_recall,
+              "num_images": len(pixels)}
     if labels is not None:
         labels = labels.cpu().long()  # beside the predictions, which classify returns on the CPU
         correct = preds == labels

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from support.manifold import knn_radii, precision_recall, recall_by_label
+from support.manifold import (knn_radii, precision_recall, precision_recall_in_groups,
+                              real_groups)
 
 
 def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
@@ -82,24 +83,65 @@ def test_half_the_classes_missing_loses_recall_not_precision():
     assert half[1] < 0.55 < full[1]
 
 
-def test_recall_by_label_finds_the_missing_classes_and_averages_to_the_recall():
+def test_recall_per_label_finds_the_missing_classes_and_averages_to_the_recall():
     """Split by the real points' labels, the recall of the half-missing generator above is near 0
     for the classes it never draws and high for the others, and the shares, weighted by each
-    label's count, average back to the recall; each share is the brute-force one of its class."""
+    label's count, average back to the recall; each share is the brute-force one of its class.
+    (300 real points against 300 generated: one group, all of them.)"""
     real = clusters(30, list(range(10)), seed=1)
     labels = torch.arange(10).repeat_interleave(30)
     labels[:45] = torch.tensor([0, 1, 2] * 15)  # unequal counts: 15 zeros, 30 ones, 45 twos
     fake = clusters(60, list(range(5)), seed=2)
-    split = recall_by_label(real, fake, labels)
+    precision, recall, split = precision_recall_in_groups(real, fake, labels)
+    assert (precision, recall) == pytest.approx(precision_recall(real, fake), abs=1e-12)
     assert list(split) == list(range(10))
     assert all(split[c] > 0.7 for c in range(5)) and all(split[c] < 0.1 for c in range(5, 10))
     counts = torch.bincount(labels)
     weighted = sum(split[c] * counts[c].item() for c in split) / len(labels)
-    assert weighted == pytest.approx(precision_recall(real, fake)[1], abs=1e-12)
+    assert weighted == pytest.approx(recall, abs=1e-12)
     for c in (0, 2, 7):
         in_class = (labels == c).numpy()
         covered = brute_force(fake, real[in_class], k=3)[0]  # real points of c in fake's balls
         assert split[c] == pytest.approx(covered, abs=1e-12)
+
+
+def test_real_groups_cut_a_shuffled_set_into_equal_groups():
+    groups = real_groups(23, 5)
+    assert [len(g) for g in groups] == [5, 5, 5, 5]  # 23 % 5 = 3 left out
+    used = torch.cat(groups)
+    assert len(set(used.tolist())) == 20 and used.max() < 23
+    assert used.tolist() != sorted(used.tolist())  # shuffled, not the first 20
+    assert all(torch.equal(a, b) for a, b in zip(groups, real_groups(23, 5)))  # and seeded
+    assert [g.tolist() for g in real_groups(4, 5)] == [[0, 1, 2, 3]]  # fewer real than generated
+
+
+def test_groups_agree_with_brute_force_on_each_group():
+    """Precision is the mean of each group's, recall the share of every grouped real point, per
+    label too; each against the brute-force computation of that group."""
+    rng = np.random.default_rng(4)
+    real, fake = rng.standard_normal((50, 4)), rng.standard_normal((12, 4)) * 1.2 + 0.3
+    labels = torch.as_tensor(rng.integers(0, 3, 50))
+    precision, recall, split = precision_recall_in_groups(real, fake, labels)
+    groups = real_groups(50, 12)
+    assert len(groups) == 4
+    each = [brute_force(real[g.numpy()], fake, k=3) for g in groups]
+    assert precision == pytest.approx(np.mean([p for p, _ in each]), abs=1e-12)
+    assert recall == pytest.approx(np.mean([r for _, r in each]), abs=1e-12)
+    used = torch.cat(groups).numpy()
+    for c in range(3):
+        of_c = used[labels[used].numpy() == c]
+        assert split[c] == pytest.approx(brute_force(fake, real[of_c], k=3)[0], abs=1e-12)
+
+
+def test_a_real_set_in_label_order_is_compared_with_every_digit():
+    """Real points stored class by class (all the 0s first, as inference.py names its files):
+    against 200 generated points of every class, the groups must hold every class too, so that
+    precision is high; the first 200 real points alone hold only classes 0 and 1."""
+    real = clusters(100, list(range(10)), seed=1)  # in class order
+    fake = clusters(20, list(range(10)), seed=2)
+    precision, recall, _ = precision_recall_in_groups(real, fake)
+    assert precision > 0.8 and recall > 0.6
+    assert precision_recall(real[:200], fake)[0] < 0.3  # what comparing with the first N gave
 
 
 def test_points_off_the_data_lose_precision():
