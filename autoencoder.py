@@ -19,7 +19,8 @@ pixels in [-1, 1] have a standard deviation of 0.6): at another scale every t wo
 ratio. DiT's 0.18215 is the same number for Stable Diffusion's autoencoder, whose latents have a
 standard deviation near 5.5.
 
-Letters in shape comments: B batch, C latent channels, H, W sides.
+Letters in shape comments: B batch, C latent channels (cfg.latent_channels), c the convolutions'
+width (cfg.channels), H, W sides.
 """
 
 from __future__ import annotations

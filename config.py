@@ -186,7 +186,8 @@ SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # the samplers of diffusion
 @dataclass
 class SampleConfig:
     sampler: str = "ddim"  # one of SAMPLERS; DDIM reaches DDPM-like quality in ~50 steps instead of 1000
-    steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T)
+    steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T;
+    #                  PLMS makes one network call more, for its first, Heun, step)
     # DDIM's noise (Song et al. 2021, Eq. 16): 0 = deterministic, 1 = fresh noise at each step as
     # in DDPM. Fresh noise lets later steps correct some of the earlier steps' errors: with eta 0
     # the strokes were grainy and broken at the patch borders. At 1 it also acts as extra

@@ -391,9 +391,10 @@ class GaussianDiffusion:
         return (x, torch.stack(states), torch.stack(x0_preds)) if return_intermediates else x
 
     def sampler_timesteps(self, sampler: str, steps: int) -> list[int]:
-        """The timesteps a sampler visits, in order: all T for DDPM, evenly spaced in t for DDIM
-        and PLMS (as in their papers), evenly spaced in log-SNR for DPM-Solver++ (its paper's
-        advice for low-resolution images; with even t-spacing its last steps are unstable)."""
+        """The timesteps a sampler visits, in order: all T for DDPM, evenly spaced in t from
+        T - 1 for DDIM and PLMS (ddim_timesteps: Lin et al.'s trailing spacing, not their papers'
+        0, 20, ..., 980), evenly spaced in log-SNR for DPM-Solver++ (its paper's advice for
+        low-resolution images; with even t-spacing its last steps are unstable)."""
         if sampler == "ddpm":
             return list(range(self.num_timesteps - 1, -1, -1))
         if sampler == "dpm-solver++":

@@ -37,7 +37,8 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """Cut images into non-overlapping p x p patches: (B, C, H, W) -> (B, N, p * p * C).
 
     Each token lists its patch's pixels row by row, channels last: the layout `unpatchify` undoes.
-    (The model's patch embedding, a stride-p convolution, is this followed by a linear layer.)
+    (The model's patch embedding, a stride-p convolution, is this followed by a linear layer,
+    up to the order of the weight's inputs: the convolution reads each patch channels first.)
     """
     B, C, H, W = x.shape
     h, w = H // p, W // p

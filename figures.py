@@ -30,8 +30,8 @@ from dataset import load_mnist, resolve_data_dir, to_model_range
 from diffusion import GaussianDiffusion
 from dit import DiT, load_ema, patchify, sincos_pos_embed_2d
 from support.checkpoint import SHIPPED, read_checkpoint, read_log
-from support.cli import (AMP_CHOICES, UserError, check_can_write_in, exit_status, flag, pick_device,
-                         use_bf16)
+from support.cli import (AMP_CHOICES, AMP_HELP, UserError, check_can_write_in, exit_status, flag,
+                         pick_device, use_bf16)
 from support.pictures import (ATTENTION_TIMESTEPS, forward_process, sampling_frames, save_attention,
                               save_forward_process, save_gates_plot, save_gif, save_latent_channels,
                               save_loss_plot, save_reconstructions, save_tokens)
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--amp", choices=AMP_CHOICES, default=None,
-                   help="bf16 autocast for sampling (default: auto, on CUDA only)")
+                   help=AMP_HELP)
     return p.parse_args(argv)
 
 

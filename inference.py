@@ -39,7 +39,7 @@ from dataset import to_uint8
 from diffusion import GaussianDiffusion
 from dit import Autoguided, DiT, load_ema
 from support.checkpoint import outputs_dir, read_checkpoint
-from support.cli import (AMP_CHOICES, UserError, check_can_write_in, exit_status, flag,
+from support.cli import (AMP_CHOICES, AMP_HELP, UserError, check_can_write_in, exit_status, flag,
                          out_of_memory_as_error, pick_device, use_bf16)
 from support.image_files import LABELLED_NAME, labelled_file_name
 from support.pictures import save_grid, save_guidance_strip, save_trajectory
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
     g.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU (default: auto)")
+                   help=AMP_HELP)
     g = p.add_argument_group("a grid and pictures (default: a 10 x 10 grid, row k = digit k)")
     g.add_argument("--labels", type=int, nargs="+", help="digits, one grid row each (default: 0-9)")
     g.add_argument("--per-row", type=int, help="samples per digit in the grid (default: 10)")

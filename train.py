@@ -44,8 +44,8 @@ from diffusion import GaussianDiffusion
 from dit import DiT, with_autoguidance
 from support.checkpoint import (load_weights, read_checkpoint, read_log, remove_kept_files,
                                 save_checkpoint, set_rng_state, write_log)
-from support.cli import (AMP_CHOICES, UserError, add_override_flags, config_from_args, exit_status,
-                         out_of_memory_as_error, use_bf16)
+from support.cli import (AMP_CHOICES, AMP_HELP, UserError, add_override_flags, config_from_args,
+                         exit_status, out_of_memory_as_error, use_bf16)
 from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather,
                                  gather_rng, processes, summed)
 from support.pictures import save_gates_plot, save_grid, save_loss_plot
@@ -100,7 +100,8 @@ def train_step(model, diffusion: GaussianDiffusion, optimizer, x0, y, cfg: Confi
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        # t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, loss = |eps - eps_theta|^2
+        # t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps,
+        # loss = |eps - eps_theta(x_t, t, y)|^2
         # (weighted by min(SNR_t, gamma) / SNR_t when min_snr_gamma > 0)
         loss = diffusion.training_loss(model, x0, y, cfg.train.min_snr_gamma)
     optimizer.zero_grad(set_to_none=True)
@@ -413,8 +414,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow start, faster steps)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast: auto = on for CUDA, off on a CPU (default: auto)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     add_override_flags(p, PRESETS)
     args = p.parse_args(argv)
     args.out_dir = args.out_dir or ("runs/latent" if args.preset == "latent" else "runs/default")

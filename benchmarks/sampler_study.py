@@ -47,7 +47,7 @@ SCORES = ["mnist_fd", "class_accuracy", "precision", "recall"]  # per draw, aver
 
 def build_parser() -> argparse.ArgumentParser:
     from config import SAMPLERS
-    from support.cli import AMP_CHOICES
+    from support.cli import AMP_CHOICES, AMP_HELP
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/default/model.pth",
@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM's noise: 0 = deterministic, as the other samplers, so the study "
                         "compares the ODE samplers; 0.7 = the presets' sampling (default: 0)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast for the network: auto = on CUDA, fp32 on a CPU "
-                        "(default: auto)")
+                   help=AMP_HELP)
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
                    help="seeds of the sampling noise, the same for every row; with several, each "
                         "row is the mean of one draw per seed (its seconds the mean per draw): the "

@@ -53,6 +53,8 @@ def pick_device(flag: str | None = None):
 
 
 AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced on, or fp32
+AMP_HELP = ("bf16 autocast for the network: auto = on Ampere and later GPUs, fp32 on a CPU "
+            "(default: auto)")  # every script's --amp; use_bf16 says why
 
 
 def use_bf16(amp: str, device) -> bool:
