@@ -65,7 +65,7 @@ def write_class_images(model: DiT | Autoguided, diffusion: GaussianDiffusion, cf
 
     out_dir = Path(out_dir).resolve()  # resolved: "." has no name to derive the sibling's from
     if out_dir.exists():
-        foreign = ([p.name for p in out_dir.iterdir() if not LABELLED_NAME.match(p.name)]
+        foreign = ([p.name for p in out_dir.iterdir() if not LABELLED_NAME.fullmatch(p.name)]
                    if out_dir.is_dir() else [out_dir.name])
         if not out_dir.is_dir() or foreign:
             raise UserError(f"{out_dir} holds {'files' if out_dir.is_dir() else 'a file'} this "

@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from support.cli import UserError
 
-LABELLED_NAME = re.compile(r"^(\d+)_(\d+)\.png$")  # what labelled_file_name writes: 00042_7.png
+# What labelled_file_name writes (00042_7.png), matched whole (fullmatch: a name may not go on
+# after ".png", not even with a newline) and in ASCII digits only (\d would take any script's).
+LABELLED_NAME = re.compile(r"(\d+)_(\d+)\.png", re.ASCII)
 
 
 def labelled_file_name(index: int, label: int) -> str:
@@ -49,7 +51,7 @@ def labels_from_names(files: list[Path], num_classes: int = 10) -> tuple[torch.T
     """Labels parsed from <index>_<label>.png names, or (None, why) if any name has none."""
     labels = []
     for f in files:
-        m = LABELLED_NAME.match(f.name)
+        m = LABELLED_NAME.fullmatch(f.name)
         if m is None or int(m.group(2)) >= num_classes:
             return None, (f"the file names in {f.parent} do not all look like <index>_<digit>.png "
                           f"(e.g. {f.name!r}), so the digit each image was made for is unknown")

@@ -48,9 +48,17 @@ def test_checkpoints_reach_the_disk_before_they_replace_the_old_one(tmp_path, mo
     a renamed but empty file; logs, rewritten often, may skip it."""
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+
+    def fsync_while_the_old_file_stands(fd):
+        # At the moment of the fsync the final name must still hold the old checkpoint.
+        synced.append(torch.load(tmp_path / "a.pth", weights_only=True)["x"].tolist())
+        real_fsync(fd)
+
+    save_checkpoint(tmp_path / "a.pth", {"x": torch.zeros(2)})  # the old one, before the spy
+    monkeypatch.setattr(os, "fsync", fsync_while_the_old_file_stands)
     save_checkpoint(tmp_path / "a.pth", {"x": torch.ones(2)})
-    assert len(synced) == 1
+    assert synced == [[0.0, 0.0]]  # synced once, before the rename
+    assert torch.load(tmp_path / "a.pth", weights_only=True)["x"].tolist() == [1.0, 1.0]
     atomic_write(tmp_path / "b.txt", lambda f: f.write("x"), text=True, fsync=False)
     assert len(synced) == 1
 

@@ -17,7 +17,7 @@ import support.mnist_classifier as mc
 from dataset import load_mnist, resolve_data_dir
 from helpers import needs_real_mnist, write_tiny_mnist
 from support.cli import UserError
-from support.image_files import labelled_file_name
+from support.image_files import labelled_file_name, labels_from_names
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
 
@@ -345,6 +345,17 @@ def test_names_without_labels_skip_only_the_class_accuracy(folders, tiny, capsys
                                  "--cache-dir", folders / "cache"], capsys)
     assert status == 0, err
     assert "\nrecall: " in out and "recall per digit" not in out
+
+
+def test_labels_come_only_from_names_written_as_labelled_file_name():
+    """<index>_<digit>.png, matched whole and in ASCII digits: a name that goes on after .png (even
+    by a newline) or writes its digit in another script carries no label."""
+    good = [Path(labelled_file_name(i, k)) for i, k in enumerate([7, 0, 3])]
+    labels, why = labels_from_names(good)
+    assert labels.tolist() == [7, 0, 3] and why == ""
+    for odd in ["00042_7.png\n", "00042_\u0667.png", "00042_7.png.bak", "x00042_7.png", "00042_12.png"]:
+        labels, why = labels_from_names(good + [Path(odd)])
+        assert labels is None and repr(odd) in why, odd
 
 
 def run_script(argv, cwd):
