@@ -44,8 +44,8 @@ from diffusion import GaussianDiffusion
 from dit import DiT, with_autoguidance
 from support.checkpoint import (load_weights, read_checkpoint, read_log, remove_kept_files,
                                 save_checkpoint, set_rng_state, write_log)
-from support.cli import (AMP_CHOICES, AMP_HELP, UserError, add_override_flags, config_from_args,
-                         exit_status, out_of_memory_as_error, use_bf16)
+from support.cli import (AMP_CHOICES, AMP_HELP, UserError, add_override_flags, check_can_write_in,
+                         config_from_args, exit_status, out_of_memory_as_error, use_bf16)
 from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather,
                                  gather_rng, processes, summed)
 from support.pictures import save_gates_plot, save_grid, save_loss_plot
@@ -118,6 +118,8 @@ def start_or_resume(args: argparse.Namespace, procs: Processes,
                     bf16: bool) -> tuple[Config, dict | None]:
     """The run's config and the checkpoint it resumes (None for a new run), refusing what would
     lose work or break an exact resume."""
+    # Before any work (the latent preset trains its autoencoder first): a folder we cannot write.
+    check_can_write_in(args.out_dir, f"--out-dir {args.out_dir}")
     ckpt_path = Path(args.out_dir) / CHECKPOINT_NAME
     if not args.resume:
         if ckpt_path.exists() and not args.overwrite:

@@ -428,6 +428,19 @@ def test_preset_with_resume_picks_the_folder_and_must_match_the_run(tiny_data, t
     assert train.main(argv[2:]) == 0  # without --preset: the run's own
 
 
+def test_an_out_dir_that_cannot_be_a_folder_is_refused_before_any_work(tiny_data, tmp_path,
+                                                                         capsys, monkeypatch):
+    """A file where the run's folder would go: a one-line error before MNIST is even loaded (the
+    latent preset would otherwise train its autoencoder for minutes first)."""
+    in_the_way = tmp_path / "taken"
+    in_the_way.write_text("a file")
+    monkeypatch.setattr(train, "load_mnist", lambda *a, **k: pytest.fail("loaded MNIST"))
+    assert run_train(tiny_data, in_the_way / "run") == 1
+    err = capsys.readouterr().err
+    assert f"{in_the_way} is a file, not a folder" in err and "Traceback" not in err
+    assert in_the_way.read_text() == "a file"
+
+
 def test_resume_without_checkpoint(tiny_data, tmp_path, capsys):
     assert run_train(tiny_data, tmp_path, "--resume") == 1
     assert "nothing to resume" in capsys.readouterr().err
