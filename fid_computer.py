@@ -150,9 +150,13 @@ def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dim
     stats = dict(zip(["mu", "sigma"], feature_statistics(features)))
     if mnist:
         stats["features"] = features  # float64, as the generated set's: the same distances
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, **stats))  # a file: no ".npz" appended
-    print(f"real statistics: saved to {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **stats))  # a file: no ".npz" appended
+        print(f"real statistics: saved to {path}")
+    except OSError as e:  # the statistics took minutes: score with them, uncached
+        print(f"warning: could not cache the real statistics at {path} ({e.strerror or e}); they "
+              "will be computed again next time: pass a writable --cache-dir", file=sys.stderr)
     return stats
 
 

@@ -14,6 +14,7 @@ of the Inception Score (Salimans et al. 2016, arXiv:1606.03498).
 from __future__ import annotations
 
 import pickle
+import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -158,8 +159,12 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
                                            progress=progress)
         state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_accuracy": accuracy, "config": asdict(ClassifierConfig())}
-        atomic_write(path, lambda f: torch.save(state, f))
         print(f"MNIST classifier: test accuracy {accuracy:.4f}, trained in {time.time() - t0:.0f} s")
+        try:
+            atomic_write(path, lambda f: torch.save(state, f))
+        except OSError as e:  # a read-only data folder: score with it now, train it again next time
+            print(f"warning: could not keep the MNIST classifier at {path} ({e.strerror or e}); it "
+                  "will be trained again next time: make that folder writable", file=sys.stderr)
         return model.to(device).eval()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -347,6 +347,18 @@ def test_names_without_labels_skip_only_the_class_accuracy(folders, tiny, capsys
     assert "\nrecall: " in out and "recall per digit" not in out
 
 
+def test_a_cache_that_cannot_be_written_warns_and_still_scores(folders, tiny, capsys):
+    """The real statistics take minutes with Inception: a cache folder that cannot be made (a
+    file in its way) costs the cache, not the scores."""
+    (folders / "blocked").write_text("a file where the cache folder would go")
+    status, out, err = run_main(["--metric", "mnist", "--data-dir", tiny, "--real",
+                                 folders / "real", "--fake", folders / "real",
+                                 "--cache-dir", folders / "blocked" / "cache"], capsys)
+    assert status == 0, err
+    assert "warning: could not cache the real statistics" in err and "--cache-dir" in err
+    assert abs(score(out, "MNIST-FD")) < 1e-3
+
+
 def test_labels_come_only_from_names_written_as_labelled_file_name():
     """<index>_<digit>.png, matched whole and in ASCII digits: a name that goes on after .png (even
     by a newline) or writes its digit in another script carries no label."""

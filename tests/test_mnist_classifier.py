@@ -31,6 +31,21 @@ def test_classifier_is_cached_atomically_and_loads_weights_only(tiny, capsys):
     assert feats.shape == (3, mc.MnistClassifier.FEATURE_DIMS) and preds.shape == (3,)
 
 
+def test_a_classifier_that_cannot_be_kept_is_still_used(tmp_path, monkeypatch, capsys):
+    """A data folder where the classifier cannot be saved (read-only, shared): a warning, and the
+    freshly trained classifier scores anyway."""
+    root = write_tiny_mnist(tmp_path, n_train=64, n_test=32)
+
+    def read_only(path, write, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mc, "atomic_write", read_only)
+    model = mc.load_classifier(root, load_mnist, "cpu", progress=False)
+    assert "could not keep the MNIST classifier" in capsys.readouterr().err
+    assert not (root / mc.CLASSIFIER_FILE).exists()
+    assert mc.classify(model, torch.zeros(2, 28, 28, dtype=torch.uint8))[1].shape == (2,)
+
+
 def test_the_classifier_trains_along_a_half_cosine_of_its_rate(tiny):
     from support.schedule import half_cosine
 
