@@ -105,9 +105,15 @@ def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        rows = [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in r.items() if v != ""}
-                for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: int(v) if k in ("step", "epoch") else float(v)
+                     for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        if rows and not all("step" in r and "loss" in r for r in rows):
+            raise ValueError("a row without a step or a loss")
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a log.csv that train.py wrote ({e}): pass the run's own "
+                        "log, or move the damaged file away") from None
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 

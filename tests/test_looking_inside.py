@@ -139,6 +139,22 @@ def test_log_rows_with_and_without_the_heldout_columns_round_trip(tmp_path):
     assert read_log(tmp_path / "log.csv", up_to_step=1) == rows[:1]
 
 
+@pytest.mark.parametrize("text", ["# notes\nsome words, not numbers\n",
+                                  "step,loss\n1,0.5\n2,oops\n",
+                                  "epoch,accuracy\n1,0.9\n"])
+def test_a_file_that_is_not_a_training_log_is_a_one_line_error(tmp_path, tiny_run, capsys, text):
+    """figures.py --log (and train.py --resume) read a log.csv: another file, a damaged cell or a
+    log without steps and losses is refused in one line, not a traceback."""
+    (tmp_path / "other.csv").write_text(text)
+    with pytest.raises(UserError, match="is not a log.csv that train.py wrote"):
+        read_log(tmp_path / "other.csv")
+    _, out = tiny_run
+    assert figures.main(["--only", "loss", "--checkpoint", str(out / "model.pth"),
+                         "--log", str(tmp_path / "other.csv"), "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a log.csv that train.py wrote" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     data = write_tiny_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=40)
