@@ -49,6 +49,10 @@ def pick_device(flag: str | None = None):
         raise UserError(f"--device {flag} asked for, but PyTorch sees no CUDA GPU: use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {flag!r} is not supported here: use cpu or cuda")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"--device {flag}: PyTorch sees {n} CUDA GPU{'s' if n > 1 else ''}, "
+                        f"numbered 0 to {n - 1}: pass one of them")
     return device
 
 

@@ -81,6 +81,10 @@ def setup_processes(device_flag: str | None) -> Processes:
                         "LOCAL_RANK; pass --device cuda, and choose the GPUs with "
                         "CUDA_VISIBLE_DEVICES")
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started process {local_rank} of this machine, but PyTorch "
+                            f"sees {torch.cuda.device_count()} CUDA GPU(s): pass a "
+                            "--nproc_per_node of at most that")
         device = torch.device("cuda", local_rank)  # one GPU per process
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -413,6 +413,23 @@ def test_bad_flags(tiny_data, tmp_path, capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_gpu_the_machine_lacks_is_refused_in_one_line(monkeypatch):
+    """--device cuda:N past the GPUs PyTorch sees, or more torchrun processes on a machine than
+    it has GPUs: a UserError before any work, not "invalid device ordinal" from deep inside."""
+    from support.cli import UserError, pick_device
+    from support.distributed import setup_processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="--device cuda:1: PyTorch sees 1 CUDA GPU, numbered 0 to 0"):
+        pick_device("cuda:1")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match="--nproc_per_node of at most"):
+        setup_processes("cuda")
+
+
 def test_preset_with_resume_picks_the_folder_and_must_match_the_run(tiny_data, tmp_path, capsys):
     """--preset with --resume does something or is refused: it picks the default folder of that
     preset (runs/latent for the latent preset), and a preset other than the run's is an error."""
