@@ -376,9 +376,20 @@ def test_out_of_memory_batch_gives_message(tiny_data, tmp_path, monkeypatch, cap
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2", "--batch-size", "32") == 0
+    capsys.readouterr()
+    real_step = train.train_step
     monkeypatch.setattr(train, "train_step", oom)
-    assert run_train(tiny_data, tmp_path, "--max-steps", "5", "--batch-size", "32") == 1
-    assert "batch size 32 does not fit in memory" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert run_train(tiny_data, fresh, "--max-steps", "5", "--batch-size", "32") == 1
+    err = capsys.readouterr().err
+    assert "batch size 32 does not fit in memory" in err and "pass a smaller --batch-size" in err
+    # A resumed run may not change its batch size: the advice is a new run, which it accepts.
+    assert run_train(tiny_data, tmp_path, "--max-steps", "5", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "a resumed run keeps its batch size, so start a new run" in err
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert run_train(tiny_data, tmp_path / "new", "--max-steps", "2", "--batch-size", "16") == 0
 
 
 def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
