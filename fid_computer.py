@@ -61,12 +61,11 @@ from dataset import load_mnist, resolve_data_dir
 from support.checkpoint import atomic_write
 from support.cli import UserError, exit_status, out_of_memory_as_error, pick_device
 from support.frechet import check_enough_images, feature_statistics, frechet_distance
-from support.image_files import (ImageFolder, image_files, labelled_file_name, labels_from_names,
-                                 read_images)
+from support.image_files import (FAKE_DIR, ImageFolder, image_files, labelled_file_name,
+                                 labels_from_names, read_images)
 from support.mnist_classifier import MnistClassifier, classify, load_classifier, mnist_scores
 
 REAL_DIR = "images/real"  # the exported MNIST test set (git-ignored)
-FAKE_DIR = "images/fake"  # generated digits, where inference.py --out-dir writes them (git-ignored)
 CACHE_DIR = "images/cache"  # real-set statistics, one .npz per network and real set (git-ignored)
 INCEPTION_DIMS = (64, 192, 768, 2048)  # pytorch-fid's InceptionV3.BLOCK_INDEX_BY_DIM (kept here so
 #                                        that --help does not have to import it)

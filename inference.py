@@ -41,7 +41,7 @@ from dit import Autoguided, DiT, load_ema
 from support.checkpoint import outputs_dir, read_checkpoint
 from support.cli import (AMP_CHOICES, AMP_HELP, UserError, check_can_write_in, exit_status, flag,
                          out_of_memory_as_error, pick_device, use_bf16)
-from support.image_files import LABELLED_NAME, labelled_file_name
+from support.image_files import FAKE_DIR, LABELLED_NAME, labelled_file_name
 from support.pictures import save_grid, save_guidance_strip, save_trajectory
 from support.sampling import (GUIDANCE_SCALES, class_labels, generate, guidance_strip, sample_grid,
                               trajectory_panels)
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--num-per-class", type=int,
                    help="write this many PNG files per digit into --out-dir instead of a grid "
                         "(they replace the folder's earlier images)")
-    g.add_argument("--out-dir", help="folder for --num-per-class files (default: images/fake)")
+    g.add_argument("--out-dir", help=f"folder for --num-per-class files (default: {FAKE_DIR})")
     g.add_argument("--batch-size", type=int, help="images sampled at once (default: 500)")
     return p.parse_args(argv)
 
@@ -180,8 +180,12 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
                 raise UserError(f"--{flag(name)} {path}: the picture is a PNG; give a file name "
                                 "ending in .png")
             check_can_write_in(Path(path).parent, f"--{flag(name)} {path}")
-    if args.out_dir is not None:  # its images are written beside it first (write_class_images)
-        check_can_write_in(Path(args.out_dir).resolve().parent, f"--out-dir {args.out_dir}")
+    if args.num_per_class is not None:  # its images are written beside it first
+        out_dir = args.out_dir or FAKE_DIR  # (write_class_images)
+        check_can_write_in(Path(out_dir).resolve().parent, f"--out-dir {out_dir}")
+    elif not isinstance(args.output, str):  # the grid, and a default trajectory, go here
+        folder = outputs_dir(args.checkpoint, "samples")
+        check_can_write_in(folder, f"the grid's folder {folder} (or pass --output)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
           + (" | latent model, decoded by its autoencoder" if autoencoder is not None else ""))
 
     if args.num_per_class is not None:
-        out_dir, batch_size = args.out_dir or "images/fake", args.batch_size or 500
+        out_dir, batch_size = args.out_dir or FAKE_DIR, args.batch_size or 500
         with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
                                     "--batch-size"):
             paths = write_class_images(model, diffusion, cfg, args.num_per_class, out_dir, device,

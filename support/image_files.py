@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 
 from support.cli import UserError
 
+FAKE_DIR = "images/fake"  # generated digits: inference.py --num-per-class writes them here and
+#                            fid_computer.py scores them from here (git-ignored)
+
 # What labelled_file_name writes (00042_7.png), matched whole (fullmatch: a name may not go on
 # after ".png", not even with a newline) and in ASCII digits only (\d would take any script's).
 LABELLED_NAME = re.compile(r"(\d+)_(\d+)\.png", re.ASCII)

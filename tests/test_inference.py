@@ -122,6 +122,22 @@ def test_a_file_in_the_way_of_a_picture_is_refused_before_sampling(checkpoint, t
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("flags, in_the_way", [
+    (["--num-per-class", "1"], "images"),  # the default --out-dir, images/fake
+    ([], "runs"),  # the default grid's folder, runs/samples for a checkpoint outside runs/
+])
+def test_the_default_places_are_checked_before_sampling_too(checkpoint, tmp_path, monkeypatch,
+                                                            capsys, flags, in_the_way):
+    """What is written where no flag names a place is checked as what a flag names."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / in_the_way).write_text("keep me")
+    monkeypatch.setattr(inference, "load_ema", lambda *a, **k: pytest.fail("sampled first"))
+    assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"{in_the_way} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / in_the_way).read_text() == "keep me"
+
+
 def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
     """The nearest existing folder must let us write (the check asks os.access for W_OK; the
     tests run as root, who may write anywhere, so a read-only folder is simulated)."""
