@@ -313,9 +313,13 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
                 loss = train_step(train_model, diffusion, optimizer, x0, y, cfg,
                                   lr_at(step, cfg, total_steps), bf16)
                 seconds = seconds_before + time.time() - started
-                time_is_up = 0 < cfg.train.time_limit <= seconds / 60
-                stop, nonfinite = agree(procs, bool(stops.signals) or time_is_up,
-                                        not math.isfinite(loss))
+                # The main process's clock alone decides: it saves train_seconds, which --resume
+                # checks against the limit (another rank's clock runs a little ahead or behind).
+                signalled, time_is_up, nonfinite = agree(
+                    procs, bool(stops.signals),
+                    procs.is_main and 0 < cfg.train.time_limit <= seconds / 60,
+                    not math.isfinite(loss))
+                stop = signalled or time_is_up
                 if nonfinite:
                     last = (f"the last good checkpoint is {ckpt_path} (step {saved_step})"
                             if saved_step is not None else "this run wrote no checkpoint yet")

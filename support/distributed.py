@@ -102,14 +102,15 @@ def teardown_processes() -> None:
         dist.destroy_process_group()
 
 
-def agree(procs: Processes, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
-    """Each rank's reasons to stop (a signal or the time limit; a NaN loss), shared: every rank
-    acts on any rank's reason, so all of them leave the loop after the same step."""
+def agree(procs: Processes, *reasons: bool) -> tuple[bool, ...]:
+    """Each rank's reasons to stop (a signal, the time limit, a NaN loss), shared: each comes
+    back true on every rank if it is true on any, so that all of them leave the loop after the
+    same step, for the same reason."""
     if procs.world_size == 1:
-        return stop, nonfinite
-    flags = torch.tensor([float(stop), float(nonfinite)], device=procs.device)
+        return reasons
+    flags = torch.tensor([float(r) for r in reasons], device=procs.device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0]), bool(flags[1])
+    return tuple(bool(f) for f in flags)
 
 
 def gather(procs: Processes, value):

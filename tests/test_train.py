@@ -493,6 +493,33 @@ def test_torchrun_two_gloo_processes_stay_in_sync(tiny_data, tmp_path):
                            ckpt["ema"]["final_layer.linear.weight"])
 
 
+AGREE_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from support.distributed import Processes, agree
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + {init!r}, rank=rank, world_size=2)
+# rank 1 alone was signalled; rank 0 alone ran out of time; no NaN anywhere
+print(agree(Processes(torch.device("cpu"), rank, 2), rank == 1, rank == 0, False))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_each_reason_to_stop_apart(tmp_path):
+    """Two gloo processes: each reason to stop (a signal, the time limit, a NaN loss) is shared
+    on its own, so that every rank stops after the same step and reports the same reason (a
+    rank whose clock ran out first used to make the main one report a Ctrl-C)."""
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_SCRIPT.format(root=str(ROOT), init=str(tmp_path / "init")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, str(script), str(r)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
+    outs = [r.communicate(timeout=120) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["(True, True, False)"] * 2
+
+
 def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
     flags = ["--max-steps", "1000000", "--sample-every", "1000000", "--checkpoint-every", "1000000"]
     assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.02") == 0  # 1.2 s
