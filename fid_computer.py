@@ -18,9 +18,8 @@ It scores folders; inference.py samples them. In the order of this file:
      (support/mnist_classifier.py); in the same features, improved precision and recall
      (support/manifold.py): the share of generated digits that fall among the real ones, and the
      share of real digits that fall among the generated ones (fidelity and variety, which one FD
-     mixes), with the real set cut at random into groups as large as the generated one (the
-     paper compares sets of equal size) and the scores averaged over the groups; the recall also
-     per digit of the real set, to show which digits lack variety; and the class accuracy: the
+     mixes), against the real set in groups as large as the generated one; the recall also per
+     digit of the real set, to show which digits lack variety; and the class accuracy: the
      share of the images generated for digit k that this classifier reads as k.
 
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; support/frechet.py) is
@@ -58,7 +57,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from dataset import load_mnist, resolve_data_dir
-from support.checkpoint import atomic_write
+from support.checkpoint import atomic_write, keep_or_warn
 from support.cli import UserError, exit_status, out_of_memory_as_error, pick_device
 from support.frechet import check_enough_images, feature_statistics, frechet_distance
 from support.image_files import (FAKE_DIR, ImageFolder, image_files, labelled_file_name,
@@ -149,13 +148,10 @@ def real_statistics(real: str | Path, files: list[Path], network: nn.Module, dim
     stats = dict(zip(["mu", "sigma"], feature_statistics(features)))
     if mnist:
         stats["features"] = features  # float64, as the generated set's: the same distances
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: np.savez(f, **stats))  # a file: no ".npz" appended
+    # A file: no ".npz" appended. Not kept, the statistics (minutes with Inception) still score.
+    if keep_or_warn(path, lambda f: np.savez(f, **stats), "the real statistics",
+                    "they will be computed again next time: pass a writable --cache-dir"):
         print(f"real statistics: saved to {path}")
-    except OSError as e:  # the statistics took minutes: score with them, uncached
-        print(f"warning: could not cache the real statistics at {path} ({e.strerror or e}); they "
-              "will be computed again next time: pass a writable --cache-dir", file=sys.stderr)
     return stats
 
 

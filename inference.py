@@ -135,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
     """Refuse the flags that would do nothing (a grid's with --num-per-class, the files' without
     it, a setting the chosen sampler ignores, autoguidance without a weak model), apply the
-    sampling flags that were given to cfg.sample, and check every value."""
+    sampling flags that were given to cfg.sample, and check every value and every place that will
+    be written (--out-dir gets its default here)."""
     def spelt(names):
         return ", ".join(f"--{flag(n)}" for n in names if getattr(args, n) is not None)
 
@@ -181,8 +182,8 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
                                 "ending in .png")
             check_can_write_in(Path(path).parent, f"--{flag(name)} {path}")
     if args.num_per_class is not None:  # its images are written beside it first
-        out_dir = args.out_dir or FAKE_DIR  # (write_class_images)
-        check_can_write_in(Path(out_dir).resolve().parent, f"--out-dir {out_dir}")
+        args.out_dir = args.out_dir or FAKE_DIR  # (write_class_images)
+        check_can_write_in(Path(args.out_dir).resolve().parent, f"--out-dir {args.out_dir}")
     elif not isinstance(args.output, str):  # the grid, and a default trajectory, go here
         folder = outputs_dir(args.checkpoint, "samples")
         check_can_write_in(folder, f"the grid's folder {folder} (or pass --output)")
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
           + (" | latent model, decoded by its autoencoder" if autoencoder is not None else ""))
 
     if args.num_per_class is not None:
-        out_dir, batch_size = args.out_dir or FAKE_DIR, args.batch_size or 500
+        out_dir, batch_size = args.out_dir, args.batch_size or 500  # out_dir: set by check_flags
         with out_of_memory_as_error(f"sampling ran out of memory on {device}: pass a smaller "
                                     "--batch-size"):
             paths = write_class_images(model, diffusion, cfg, args.num_per_class, out_dir, device,

@@ -30,6 +30,7 @@ import io
 import itertools
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +66,21 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     except BaseException:  # Ctrl-C and SystemExit too: the old file stays, the half-file goes
         tmp.unlink(missing_ok=True)
         raise
+
+
+def keep_or_warn(path: str | Path, write: Callable, what: str, advice: str) -> bool:
+    """atomic_write for a file that only saves time later (a cache, a trained helper network): one
+    that cannot be written (a read-only folder, a file in the way) costs the file, not the work
+    that made it. Prints a warning with `advice` and returns False then."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+        return True
+    except OSError as e:
+        print(f"warning: could not keep {what} at {path} ({e.strerror or e}); {advice}",
+              file=sys.stderr)
+        return False
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -111,7 +127,7 @@ def read_log(path: str | Path, up_to_step: int | None = None) -> list[dict]:
                      for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
         if rows and not all("step" in r and "loss" in r for r in rows):
             raise ValueError("a row without a step or a loss")
-    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+    except (OSError, ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is not a log.csv that train.py wrote ({e}): pass the run's own "
                         "log, or move the damaged file away") from None
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]

@@ -50,10 +50,16 @@ def pick_device(flag: str | None = None):
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {flag!r} is not supported here: use cpu or cuda")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise UserError(f"--device {flag}: PyTorch sees {n} CUDA GPU{'s' if n > 1 else ''}, "
-                        f"numbered 0 to {n - 1}: pass one of them")
+        raise UserError(f"--device {flag}: {gpus_seen()}: pass one of them")
     return device
+
+
+def gpus_seen() -> str:
+    """The CUDA GPUs this process can use, in words: "PyTorch sees 2 CUDA GPUs (cuda:0 to 1)"."""
+    import torch
+
+    n = torch.cuda.device_count()
+    return f"PyTorch sees {n} CUDA GPU{'' if n == 1 else 's'} (cuda:0{f' to {n - 1}' if n > 1 else ''})"
 
 
 AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced on, or fp32

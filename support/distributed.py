@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from support.checkpoint import rng_state
-from support.cli import UserError, pick_device
+from support.cli import UserError, gpus_seen, pick_device
 
 
 @dataclass
@@ -82,9 +82,8 @@ def setup_processes(device_flag: str | None) -> Processes:
                         "CUDA_VISIBLE_DEVICES")
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"torchrun started process {local_rank} of this machine, but PyTorch "
-                            f"sees {torch.cuda.device_count()} CUDA GPU(s): pass a "
-                            "--nproc_per_node of at most that")
+            raise UserError(f"torchrun started process {local_rank} of this machine (one GPU "
+                            f"each), but {gpus_seen()}: pass a smaller --nproc_per_node")
         device = torch.device("cuda", local_rank)  # one GPU per process
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

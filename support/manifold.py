@@ -70,7 +70,7 @@ def real_groups(num_real: int, num: int, seed: int = 0) -> list[torch.Tensor]:
     """Indices that cut a real set of num_real points into groups of num, shuffled with a fixed
     seed (the num_real % num left over are not used); one group of all of them when num_real <=
     num. Shuffled, so that a set stored in label order (all 0s first) gives every group some of
-    every digit, and seeded, so that the same sets always score the same."""
+    every digit, and seeded, so that the same sets score the same (with the same NumPy)."""
     if num_real <= num:
         return [torch.arange(num_real)]
     order = torch.as_tensor(np.random.default_rng(seed).permutation(num_real))

@@ -14,7 +14,6 @@ of the Inception Score (Salimans et al. 2016, arXiv:1606.03498).
 from __future__ import annotations
 
 import pickle
-import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from support.checkpoint import atomic_write
+from support.checkpoint import keep_or_warn
 from support.cli import UserError
 from support.frechet import feature_statistics, frechet_distance
 from support.manifold import K, precision_recall_in_groups
@@ -160,11 +159,8 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
         state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_accuracy": accuracy, "config": asdict(ClassifierConfig())}
         print(f"MNIST classifier: test accuracy {accuracy:.4f}, trained in {time.time() - t0:.0f} s")
-        try:
-            atomic_write(path, lambda f: torch.save(state, f))
-        except OSError as e:  # a read-only data folder: score with it now, train it again next time
-            print(f"warning: could not keep the MNIST classifier at {path} ({e.strerror or e}); it "
-                  "will be trained again next time: make that folder writable", file=sys.stderr)
+        keep_or_warn(path, lambda f: torch.save(state, f), "the MNIST classifier",
+                     "it will be trained again next time: make that folder writable")
         return model.to(device).eval()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -185,9 +181,8 @@ def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torc
     """The scores of generated digits, uint8 (N, 28, 28), in the classifier's features, against
     the real set `real` ({"mu", "sigma", "features"}, classifier_statistics):
       mnist_fd:  the Frechet distance of their Gaussian to the real one (support/frechet.py);
-      precision, recall: improved precision and recall with k = 3 (support/manifold.py), with
-                 the real set cut at random into groups as large as the generated one (the paper
-                 compares sets of equal size; manifold.precision_recall_in_groups);
+      precision, recall: improved precision and recall with k = 3, against the real set in
+                 groups as large as the generated one (manifold.precision_recall_in_groups);
       class_accuracy, per_class_accuracy: the share of them that the classifier reads as the
                  digit in `labels` (None without labels);
       per_class_recall: recall split by the labels of the real digits, `real_labels` (one per

@@ -355,7 +355,7 @@ def test_a_cache_that_cannot_be_written_warns_and_still_scores(folders, tiny, ca
                                  folders / "real", "--fake", folders / "real",
                                  "--cache-dir", folders / "blocked" / "cache"], capsys)
     assert status == 0, err
-    assert "warning: could not cache the real statistics" in err and "--cache-dir" in err
+    assert "warning: could not keep the real statistics" in err and "--cache-dir" in err
     assert abs(score(out, "MNIST-FD")) < 1e-3
 
 

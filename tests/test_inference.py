@@ -136,6 +136,11 @@ def test_the_default_places_are_checked_before_sampling_too(checkpoint, tmp_path
     err = capsys.readouterr().err
     assert f"{in_the_way} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / in_the_way).read_text() == "keep me"
+    if not flags:  # a grid with its own --output does not need the default folder
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
+        assert inference.main(["--checkpoint", str(checkpoint), "--output", "g.png"]) == 0
+        assert (tmp_path / "g.png").is_file()
 
 
 def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):

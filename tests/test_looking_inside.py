@@ -146,8 +146,9 @@ def test_a_file_that_is_not_a_training_log_is_a_one_line_error(tmp_path, tiny_ru
     """figures.py --log (and train.py --resume) read a log.csv: another file, a damaged cell or a
     log without steps and losses is refused in one line, not a traceback."""
     (tmp_path / "other.csv").write_text(text)
-    with pytest.raises(UserError, match="is not a log.csv that train.py wrote"):
-        read_log(tmp_path / "other.csv")
+    for not_a_log in (tmp_path / "other.csv", tmp_path):  # a folder cannot be opened at all
+        with pytest.raises(UserError, match="is not a log.csv that train.py wrote"):
+            read_log(not_a_log)
     _, out = tiny_run
     assert figures.main(["--only", "loss", "--checkpoint", str(out / "model.pth"),
                          "--log", str(tmp_path / "other.csv"), "--out-dir", str(tmp_path)]) == 1

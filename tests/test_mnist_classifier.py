@@ -4,6 +4,7 @@ weights_only, and a damaged file is a one-line error."""
 import pytest
 import torch
 
+import support.checkpoint
 import support.mnist_classifier as mc
 from support.cli import UserError
 from dataset import load_mnist
@@ -39,7 +40,7 @@ def test_a_classifier_that_cannot_be_kept_is_still_used(tmp_path, monkeypatch, c
     def read_only(path, write, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(mc, "atomic_write", read_only)
+    monkeypatch.setattr(support.checkpoint, "atomic_write", read_only)
     model = mc.load_classifier(root, load_mnist, "cpu", progress=False)
     assert "could not keep the MNIST classifier" in capsys.readouterr().err
     assert not (root / mc.CLASSIFIER_FILE).exists()
