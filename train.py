@@ -304,8 +304,8 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
     # A resumed run keeps its batch size (the data order depends on it): then only a new run helps.
     too_big = (f"batch size {cfg.train.batch_size} does not fit in memory on {device}: "
                + ("pass a smaller --batch-size" if checkpoint is None else
-                  "a resumed run keeps its batch size, so start a new run (another --out-dir) with a "
-                  "smaller --batch-size, or resume on a device with more memory"))
+                  "a resumed run keeps its batch size, so start a new run (another --out-dir) "
+                  "with a smaller --batch-size, or resume on a device with more memory"))
     with StopRequests() as stops:  # from here on, Ctrl-C asks for a clean stop
         with bar, out_of_memory_as_error(too_big):
             while step < total_steps and not stop:

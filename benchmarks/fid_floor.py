@@ -10,13 +10,14 @@ finite sample is biased upwards, the more so the fewer the images. So this is wh
 gets" looks like at each size, and generated sets must be compared with the floor at their size.
 Draws `--sizes` training digits at random (three seeds each) and scores them in memory with
 common.MnistJudge against the MNIST test set, labels from the training set; precision and recall
-compare them with groups of as many test digits, as support/mnist_classifier.mnist_scores does
-for generated digits (manifold.precision_recall_in_groups), and the recall is also given per
-digit of the test digits (a dash for a digit the real set lacks). With `--through` a latent model's checkpoint, the same digits are also
-scored after its autoencoder (encoded, then decoded): the floor of that latent DiT, which can draw
-no better than its decoder gives back. With `--classes`, the digits are drawn from those classes
-only: real digits, all labelled right, that lack the other kinds, as a model that draws only
-some shapes would; precision and class accuracy should hold and recall fall.
+compare them with groups of as many test digits, as support/mnist_classifier.mnist_scores does for
+generated digits (manifold.precision_recall_in_groups), and the recall is also given per digit of
+the test digits (a dash for a digit the real set lacks). With `--through` a latent model's
+checkpoint, the same digits are also scored after its autoencoder (encoded, then decoded): the floor
+of that latent DiT, which can draw no better than its decoder gives back. With `--classes`, the
+digits are drawn from those classes only: real digits, all labelled right, that lack the other
+kinds, as a model that draws only some shapes would; precision and class accuracy should hold and
+recall fall.
 (For the Inception FID floor, export training digits as <index>_<label>.png files and pass their
 folder to `fid_computer.py --fake`.)
 """

@@ -59,7 +59,8 @@ def gpus_seen() -> str:
     import torch
 
     n = torch.cuda.device_count()
-    return f"PyTorch sees {n} CUDA GPU{'' if n == 1 else 's'} (cuda:0{f' to {n - 1}' if n > 1 else ''})"
+    numbers = f"cuda:0 to {n - 1}" if n > 1 else "cuda:0"
+    return f"PyTorch sees {n} CUDA GPU{'' if n == 1 else 's'} ({numbers})"
 
 
 AMP_CHOICES = ("auto", "bf16", "off")  # --amp: bf16 autocast by device, forced on, or fp32

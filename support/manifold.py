@@ -101,5 +101,6 @@ def precision_recall_in_groups(real: np.ndarray | torch.Tensor, fake: np.ndarray
     per_label = None
     if real_labels is not None:
         labels = torch.as_tensor(real_labels).cpu()[used]
-        per_label = {c: covered[labels == c].double().mean().item() for c in labels.unique().tolist()}
+        per_label = {c: covered[labels == c].double().mean().item()
+                     for c in labels.unique().tolist()}
     return precision, covered.double().mean().item(), per_label

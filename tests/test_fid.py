@@ -365,7 +365,9 @@ def test_labels_come_only_from_names_written_as_labelled_file_name():
     good = [Path(labelled_file_name(i, k)) for i, k in enumerate([7, 0, 3])]
     labels, why = labels_from_names(good)
     assert labels.tolist() == [7, 0, 3] and why == ""
-    for odd in ["00042_7.png\n", "00042_\u0667.png", "00042_7.png.bak", "x00042_7.png", "00042_12.png"]:
+    odd_names = ["00042_7.png\n", "00042_\u0667.png", "00042_7.png.bak", "x00042_7.png",
+                 "00042_12.png"]
+    for odd in odd_names:
         labels, why = labels_from_names(good + [Path(odd)])
         assert labels is None and repr(odd) in why, odd
 
