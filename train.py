@@ -43,7 +43,7 @@ from dataset import InMemoryBatches, load_mnist, resolve_data_dir, to_model_rang
 from diffusion import GaussianDiffusion
 from dit import DiT, with_autoguidance
 from support.checkpoint import (load_weights, read_checkpoint, read_log, remove_kept_files,
-                                save_checkpoint, set_rng_state, write_log)
+                                remove_temporaries, save_checkpoint, set_rng_state, write_log)
 from support.cli import (AMP_CHOICES, AMP_HELP, UserError, add_override_flags, check_can_write_in,
                          config_from_args, exit_status, out_of_memory_as_error, use_bf16)
 from support.distributed import (Processes, StopRequests, agree, check_ranks_in_sync, gather,
@@ -280,6 +280,9 @@ def train(args: argparse.Namespace, procs: Processes) -> int:
         if args.overwrite and (removed := remove_kept_files(out_dir)):
             print(f"--overwrite: removed {removed} kept checkpoints, sample grids and half-written "
                   f"files of the earlier run in {out_dir}")
+        elif checkpoint is not None and (removed := remove_temporaries(out_dir)):
+            print(f"--resume: removed {removed} half-written files of a save that was cut short "
+                  f"in {out_dir}")
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         where = f"{device}" + (f" x {procs.world_size} processes" if procs.world_size > 1 else "")
         print(f"device: {where} | bf16 autocast: {'on' if bf16 else 'off'} | "

@@ -50,7 +50,8 @@ def atomic_write(path: str | Path, write: Callable, text: bool = False, fsync: b
     folder listing that skips hidden files never sees half a file. The temporary's name is this
     writer's own (process id and a counter), so two writers of one file never write into the same
     temporary: the last rename wins, with a whole file. A write that raises removes its temporary;
-    one killed outright leaves it, hidden (`train.py --overwrite` deletes those of its folder).
+    one killed outright leaves it, hidden (`train.py --overwrite` and `--resume` delete those of
+    their folder: remove_temporaries).
     With fsync the data reaches the disk before the rename, so a power cut cannot leave an empty
     file under the final name; fsync=False skips that wait for many small files that can be made
     again (benchmarks/README.md, "Sampling speed", the paragraph after the table)."""
@@ -87,19 +88,30 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def remove_kept_files(out_dir: str | Path) -> int:
-    """Delete what a run leaves beside its latest checkpoint: the kept step_*.pth, the sample
-    grids (samples/step_*.png, samples/final.png) and the hidden half-written files of a run
-    killed mid-save (atomic_write's .*.tmp). `train.py --overwrite` calls it so that a new run's
-    folder holds nothing of the run it replaces but model.pth, log.csv, loss.png and gates.png,
-    which the new run replaces at its first checkpoint. Returns how many files it deleted."""
+def remove_temporaries(out_dir: str | Path) -> int:
+    """Delete the hidden half-written files that a run killed mid-save leaves in its folder and
+    its samples/ (atomic_write's .*.tmp: a checkpoint's is as large as the checkpoint). Called only
+    by the run that owns the folder, before it writes anything, so no writer of them is alive.
+    Returns how many files it deleted."""
     out_dir = Path(out_dir)
-    stale = [*out_dir.glob("step_*.pth"), *(out_dir / "samples").glob("step_*.png"),
-             *(out_dir / "samples").glob("final.png"), *out_dir.glob(".*.tmp"),
-             *(out_dir / "samples").glob(".*.tmp")]
+    stale = [*out_dir.glob(".*.tmp"), *(out_dir / "samples").glob(".*.tmp")]
     for path in stale:
         path.unlink()
     return len(stale)
+
+
+def remove_kept_files(out_dir: str | Path) -> int:
+    """Delete what a run leaves beside its latest checkpoint: the kept step_*.pth, the sample
+    grids (samples/step_*.png, samples/final.png) and its half-written files (remove_temporaries).
+    `train.py --overwrite` calls it so that a new run's folder holds nothing of the run it
+    replaces but model.pth, log.csv, loss.png and gates.png, which the new run replaces at its
+    first checkpoint. Returns how many files it deleted."""
+    out_dir = Path(out_dir)
+    stale = [*out_dir.glob("step_*.pth"), *(out_dir / "samples").glob("step_*.png"),
+             *(out_dir / "samples").glob("final.png")]
+    for path in stale:
+        path.unlink()
+    return len(stale) + remove_temporaries(out_dir)
 
 
 # ------------------------------------------------------------------------------ the training log

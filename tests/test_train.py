@@ -277,6 +277,7 @@ def test_crash_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tiny_data, 
     assert read_checkpoint(tmp_path / "model.pth", with_training_state=True)["step"] == 4
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "6") == 0
     assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 6
+    assert not list(tmp_path.glob(".*.tmp"))  # the resumed run cleared the dead save's half-file
 
 
 KILLED_BETWEEN_LOG_AND_CHECKPOINT = """
