@@ -66,6 +66,16 @@ def test_fresh_dit_outputs_exactly_zero():
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def test_every_modulation_and_the_output_layer_start_at_zero():
+    # adaLN-Zero: each block's and the final layer's shift, scale and gate regressions, and the
+    # output projection, start at zero (the output above would stay zero with the last alone)
+    model = small_model()
+    layers = [block.adaLN_modulation[-1] for block in model.blocks]
+    layers += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
+    for layer in layers:
+        assert not layer.weight.any() and not layer.bias.any()
+
+
 def test_fresh_embeddings_are_drawn_as_in_dit():
     # DiT's initialisation: the label table and the timestep MLP from N(0, 0.02^2)
     torch.manual_seed(0)

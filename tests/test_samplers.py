@@ -97,6 +97,17 @@ def test_timestep_schedules(diffusion):
     assert max(gaps) - min(gaps) < 0.2 * (sum(gaps) / len(gaps))
 
 
+def test_logsnr_timesteps_stay_distinct_where_the_log_snr_jumps():
+    # a schedule whose lambda_t jumps from 9 to -4 at t = 500: most targets round to one side of
+    # the jump, and the rule that keeps the steps strictly decreasing must still hold
+    diffusion = GaussianDiffusion()
+    lam = torch.cat([torch.linspace(10, 9, 500), torch.linspace(-4, -5, 500)]).double()
+    diffusion.snr = (2 * lam).exp().float()
+    ts = diffusion.logsnr_timesteps(20)
+    assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0
+    assert all(a > b for a, b in zip(ts, ts[1:])), ts
+
+
 def test_ddim_timesteps_are_the_nearest_integers_to_even_spacing(diffusion):
     """Evenly spaced from T-1 to 0 means t_i = round((T-1) - i (T-1) / (S-1)) for every step
     count, not only those (like 50 or 1000) where the spacing happens to be a whole number."""
@@ -349,6 +360,28 @@ def test_sample_grid_draws_row_k_as_the_k_th_digit_asked_for():
     means = grid.flatten(1).mean(1)  # row-major: digit 3 twice, then 1 twice, then 4 twice
     torch.testing.assert_close(means, torch.tensor([0.3, 0.3, 0.1, 0.1, 0.4, 0.4]), atol=2e-3,
                                rtol=0)
+
+
+def test_class_labels_are_class_major():
+    from support.sampling import class_labels
+
+    assert class_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]  # grid row k is digit k
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])  # neither is SampleConfig's default, 0.7
+def test_generate_samples_with_the_configs_eta(eta):
+    from config import get_preset
+    from support.sampling import generate
+
+    cfg = get_preset("tiny")
+    cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta = "ddim", 5, eta
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    labels = torch.tensor([1, 2])
+    got = generate(SmoothEps(), diffusion, labels, cfg, torch.Generator().manual_seed(0))
+    want = diffusion.sample(SmoothEps(), (2, 1, 28, 28), labels, sampler="ddim", steps=5, eta=eta,
+                            cfg_scale=cfg.sample.cfg_scale,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, want)
 
 
 class MatmulDtype(LabelOracle):
