@@ -28,6 +28,7 @@ from support.sampling import class_labels, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = AutoencoderConfig(channels=8, epochs=12, batch_size=16, lr=3e-3)
+SMALL_NET = AutoencoderConfig(channels=8)  # untrained: for the loss's and decoder's arithmetic
 
 
 @pytest.fixture(scope="module")
@@ -460,3 +461,37 @@ def test_shipped_latent_weights_draw_the_digits_asked_for():
     classifier = load_classifier(resolve_data_dir(), load_mnist, "cpu", progress=False)
     _, preds = classify(classifier, to_uint8(images)[:, 0])
     assert (preds == labels).float().mean().item() >= 0.9
+
+
+def test_the_kl_term_is_per_image_whatever_the_batch_size():
+    """The loss's KL is the mean over the batch of each image's KL: the same batch twice over
+    gives the same KL (a sum over the batch would double it, and the weight with it)."""
+    torch.manual_seed(0)
+    model = Autoencoder(SMALL_NET)
+    x = to_model_range(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))
+    kl = autoencoder_loss(model, x, 1.0, torch.Generator().manual_seed(0))[2]
+    kl_twice = autoencoder_loss(model, torch.cat([x, x]), 1.0, torch.Generator().manual_seed(0))[2]
+    torch.testing.assert_close(kl_twice, kl)
+    with torch.no_grad():
+        torch.testing.assert_close(kl, kl_divergence(*model.encode(x)).mean())
+
+
+def test_decode_is_the_ink_probability_rescaled_to_minus_one_one():
+    """decode = 2 sigmoid(logits) - 1, the Bernoulli mean the loss trained: logits log 3 (ink
+    probability 3/4) decode to 0.5 (tanh(logits) would give 0.8)."""
+    model = Autoencoder(SMALL_NET).eval()
+    model.decoder.register_forward_hook(lambda m, i, out: torch.full_like(out, math.log(3.0)))
+    with torch.no_grad():
+        pixels = model.decode(torch.zeros(1, SMALL_NET.latent_channels, 8, 8))
+    torch.testing.assert_close(pixels, torch.full((1, 1, 28, 28), 0.5))
+
+
+def test_encode_images_draws_fresh_noise_for_every_chunk():
+    """One generator for the whole set: the same digit in two chunks gets two different draws
+    (a generator seeded again per chunk would repeat the noise of every chunk)."""
+    torch.manual_seed(0)
+    model = Autoencoder(SMALL_NET).eval()
+    digit = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    z = encode_images(model, digit.expand(4, 28, 28).clone(), seed=0, batch_size=2)
+    assert not torch.equal(z[0], z[1])
+    assert not torch.equal(z[0], z[2]) and not torch.equal(z[1], z[3])

@@ -158,3 +158,17 @@ def test_weights_that_miss_a_tensor_or_bring_an_extra_one_are_refused_in_one_lin
         with pytest.raises(UserError, match="do not match its config") as e:
             load_weights(torch.nn.Linear(3, 2), damaged, "model.pth")
         assert "\n" not in str(e.value)
+
+
+def test_ctrl_c_in_the_middle_of_a_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "a.pth"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def half_then_ctrl_c(f):
+        f.write(b"half of a ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_then_ctrl_c)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pth"]

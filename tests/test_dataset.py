@@ -132,3 +132,7 @@ def test_real_mnist_loads():
     assert images.shape == (10000, 28, 28)
     assert labels.bincount().tolist()[0] == 980
     assert damaged_files(resolve_data_dir() / "MNIST" / "raw") == []  # the originals' MD5s match
+
+
+def test_the_model_range_is_float32():
+    assert to_model_range(torch.zeros(1, 2, 2, dtype=torch.uint8)).dtype == torch.float32

@@ -17,6 +17,7 @@ import support.mnist_classifier as mc
 from dataset import load_mnist, resolve_data_dir
 from helpers import needs_real_mnist, write_tiny_mnist
 from support.cli import UserError
+from support.frechet import feature_statistics, frechet_distance
 from support.image_files import labelled_file_name, labels_from_names
 
 N_TEST = 150  # tiny test-set size: more than the 129 images MNIST-FD needs (128-dim features)
@@ -50,11 +51,12 @@ def random_inception(monkeypatch, tmp_path):
 
 
 def write_pngs(folder: Path, n: int, size: int = 28, seed: int = 0, labelled: bool = True,
-               brightest: int = 255) -> Path:
-    """n random grayscale images named <index>_<label>.png (or img<index>.png)."""
+               brightest: int = 255, darkest: int = 0) -> Path:
+    """n random grayscale images, pixels uniform in [darkest, brightest], named
+    <index>_<label>.png (or img<index>.png)."""
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, brightest + 1, (n, size, size), generator=g, dtype=torch.uint8)
+    pixels = torch.randint(darkest, brightest + 1, (n, size, size), generator=g, dtype=torch.uint8)
     for i in range(n):
         name = labelled_file_name(i, i % 10) if labelled else f"img{i}.png"
         Image.fromarray(pixels[i].numpy()).save(folder / name)
@@ -427,3 +429,52 @@ def test_metric_all_on_too_few_images_for_fid_skips_it_and_scores_mnist(tiny, tm
     warning = [l for l in err.splitlines() if "FID skipped" in l]
     assert len(warning) == 1 and "needs at least 2049" in warning[0]
     assert "FID:" not in out and "MNIST-FD:" in out and "class accuracy:" in out
+
+
+def test_the_real_statistics_cache_key_covers_the_contents_of_each_file(tmp_path):
+    network = torch.nn.Linear(1, 1)
+    f = tmp_path / "00000_0.png"
+    f.write_bytes(b"\x00" * 10)
+    before = fc.cache_path(tmp_path, "mnist128", [f], network)
+    f.write_bytes(b"\x01" * 10)  # same name, same size, other bytes
+    assert fc.cache_path(tmp_path, "mnist128", [f], network) != before
+
+
+def test_a_cache_from_before_precision_and_recall_is_computed_again(tmp_path):
+    """A cached MNIST-FD file with only mu and sigma (no features) is not served: mnist_scores
+    needs the features."""
+    real = write_pngs(tmp_path / "real", 130, seed=0)
+    files = fc.real_image_files(real)
+    torch.manual_seed(0)
+    classifier = mc.MnistClassifier().eval()
+    path = fc.cache_path(tmp_path / "cache", "mnist128", files, classifier)
+    path.parent.mkdir()
+    np.savez(path, mu=np.zeros(128), sigma=np.eye(128))  # an old cache file
+    stats = fc.real_statistics(real, files, classifier, 128, tmp_path / "cache", 500, "cpu")
+    assert stats["features"].shape == (130, 128)
+    assert not np.array_equal(stats["mu"], np.zeros(128))
+
+
+def test_fid_compares_the_fake_gaussian_with_the_real_one(tmp_path, monkeypatch, capsys):
+    """The printed FID is the Frechet distance between the fake set's statistics and the real
+    set's (its mean and its covariance), here with a stand-in network of 8 features (the mean
+    of each of 8 blocks of pixels)."""
+    real = write_pngs(tmp_path / "real", 70, seed=0)
+    # the same mean grey, a quarter of the spread: the distance is mostly the covariance term
+    fake = write_pngs(tmp_path / "fake", 70, seed=1, darkest=96, brightest=159)
+
+    def features(network, images, dims, batch_size, device):  # 8 block means per image
+        return images.pixels.double().reshape(len(images.files), 4, 7, 2, 14).mean((2, 4)) \
+            .flatten(1).numpy()
+
+    monkeypatch.setattr(fc, "load_inception", lambda dims, device: torch.nn.Identity())
+    monkeypatch.setattr(fc, "network_features", features)
+    status = fc.main(["--metric", "inception", "--dims", "64", "--real", str(real), "--fake",
+                      str(fake), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert status == 0
+    printed = float(next(l for l in out.splitlines() if l.startswith("FID: ")).split(": ")[1])
+    read = lambda folder: fc.read_images(folder, fc.image_files(folder))
+    want = frechet_distance(*feature_statistics(features(None, read(fake), 64, 0, "cpu")),
+                            *feature_statistics(features(None, read(real), 64, 0, "cpu")))
+    assert want > 100 and printed == pytest.approx(want, rel=1e-6, abs=0.01)

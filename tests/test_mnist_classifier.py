@@ -1,13 +1,15 @@
 """Tests of support/mnist_classifier.py: trained once on a tiny fake MNIST, kept atomically, loaded with
 weights_only, and a damaged file is a one-line error."""
 
+import numpy as np
 import pytest
 import torch
 
 import support.checkpoint
 import support.mnist_classifier as mc
 from support.cli import UserError
-from dataset import load_mnist
+from support.frechet import feature_statistics
+from dataset import load_mnist, to_model_range
 from helpers import optimizer_step_rates, write_tiny_mnist
 
 
@@ -62,3 +64,45 @@ def test_damaged_classifier_file_is_a_user_error(tmp_path):
     (tmp_path / mc.CLASSIFIER_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="delete it"):
         mc.load_classifier(tmp_path, load_mnist)
+
+
+def test_the_classifiers_input_is_the_models_range():
+    pixels = torch.tensor([[[0, 255], [128, 51]]], dtype=torch.uint8)
+    x = mc.to_input(pixels)
+    assert x.shape == (1, 1, 2, 2) and x.dtype == torch.float32
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    torch.testing.assert_close(x, to_model_range(pixels))
+
+
+def test_classify_gives_the_pre_relu_features_and_the_heads_digit_in_any_batching():
+    torch.manual_seed(0)
+    model = mc.MnistClassifier().eval()
+    pixels = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8)
+    feats, preds = mc.classify(model, pixels)
+    assert feats.dtype == np.float64 and feats.shape == (7, mc.MnistClassifier.FEATURE_DIMS)
+    with torch.no_grad():
+        want = model.features(mc.to_input(pixels))
+        want_preds = model.head(want).argmax(dim=1)
+    assert (feats < 0).any()  # taken before the ReLU
+    np.testing.assert_allclose(feats, want.double().numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(preds, want_preds)
+    small_feats, small_preds = mc.classify(model, pixels, batch_size=3)  # batches of 3, 3 and 1
+    np.testing.assert_allclose(small_feats, feats, rtol=1e-5, atol=1e-6)
+    assert torch.equal(small_preds, preds)
+
+
+def test_mnist_scores_against_known_features_and_predictions(monkeypatch):
+    """With the classifier's answers fixed: the MNIST-FD of a set shifted by 1 in each of the 128
+    features is 128 (the same covariance, ||mu1 - mu2||^2 = 128), and the per-class accuracy of
+    digit k is the share of the images labelled k that are read as k."""
+    g = np.random.default_rng(0)
+    real_feats = g.standard_normal((300, 128))
+    mu, sigma = feature_statistics(real_feats)
+    real = {"mu": mu, "sigma": sigma, "features": real_feats}
+    preds = torch.arange(300) % 2  # read as 0, 1, 0, 1, ...
+    monkeypatch.setattr(mc, "classify", lambda *args, **kwargs: (real_feats + 1.0, preds))
+    labels = torch.zeros(300, dtype=torch.long)  # all asked to be 0
+    scores = mc.mnist_scores(None, torch.zeros(300, 28, 28, dtype=torch.uint8), labels, real)
+    assert scores["mnist_fd"] == pytest.approx(128.0, abs=1e-3)
+    assert scores["class_accuracy"] == pytest.approx(0.5)
+    assert scores["per_class_accuracy"] == pytest.approx({0: 0.5})

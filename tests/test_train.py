@@ -1,6 +1,7 @@
 """Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
 
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -821,3 +822,45 @@ def test_a_briefly_trained_model_draws_the_digit_of_its_label(tmp_path):
     right = (bands.argmax(dim=1) == y).float().mean().item()
     lit = (bands[torch.arange(50), y] > 0).float().mean().item()  # the label's band is drawn
     assert right >= 0.6 and lit >= 0.8, (right, lit)
+
+
+def tiny_dit(seed: int = 0):
+    """A fresh DiT of the tiny preset, and that preset's config."""
+    from dit import DiT
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(seed)
+    return DiT(cfg.model), cfg
+
+
+def test_the_optimiser_steps_with_the_clipped_gradient():
+    """Clipping must come before optimizer.step(): with plain SGD at rate 1 the weights move by
+    exactly the clipped gradient, whose norm is grad_clip (a clip after the step leaves .grad
+    clipped but the weights moved by the whole gradient)."""
+    model, cfg = tiny_dit()
+    cfg.train.grad_clip = 1e-2  # far below a fresh model's gradient norm
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x0 = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    train.train_step(model, GaussianDiffusion(), optimizer, x0, torch.arange(8), cfg, 1.0, False)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(1e-2, rel=1e-2)
+
+
+def test_train_step_minimises_the_min_snr_weighted_loss_of_the_config():
+    """train_step's loss is the diffusion loss with the config's min_snr_gamma, not plain MSE."""
+    model, cfg = tiny_dit()
+    cfg.train.min_snr_gamma = 0.5
+    reference = copy.deepcopy(model)  # the weights the step's loss is measured with
+    diffusion = GaussianDiffusion()
+    x0 = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = torch.arange(16) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(3)
+    loss = train.train_step(model, diffusion, optimizer, x0, y, cfg, 0.0, False)
+    torch.manual_seed(3)
+    weighted = diffusion.training_loss(reference, x0, y, 0.5).item()
+    torch.manual_seed(3)
+    plain = diffusion.training_loss(reference, x0, y, 0.0).item()
+    assert weighted != pytest.approx(plain, rel=1e-3)  # the weighting matters on this batch
+    assert loss == pytest.approx(weighted, rel=1e-5)
