@@ -77,8 +77,8 @@ def use_bf16(amp: str, device) -> bool:
     with AMX, 1.35-1.41x on EPYCs with AVX-512 bf16, and nothing tells them apart cheaply before
     running; where bf16 was faster, its extra training images did not show in the digits, and on
     one EPYC its digits came out with heavier strokes (benchmarks/README.md, "Where bf16 loses its
-    time on a CPU" and "The hardware"). Pass
-    `--amp bf16` to try it on yours. The samplers' own arithmetic stays in float64 either way."""
+    time on a CPU" and "The hardware"). Pass `--amp bf16` to try it on yours. The samplers' own
+    arithmetic stays in float64 either way."""
     if amp not in AMP_CHOICES:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":

@@ -22,7 +22,7 @@ def test_reads_tiny_idx_mnist(tmp_path):
 def test_scaled_to_minus_one_one():
     images = torch.tensor([[[0, 255], [128, 51]]], dtype=torch.uint8)
     x = to_model_range(images)
-    assert x.shape == (1, 1, 2, 2)
+    assert x.shape == (1, 1, 2, 2) and x.dtype == torch.float32
     assert x.min() == -1.0 and x.max() == 1.0
     assert torch.equal(to_uint8(x)[:, 0], images)  # the inverse is exact on uint8 values
     # a sampler's output can leave [-1, 1]: clipped, then rounded to the nearest level
@@ -132,7 +132,3 @@ def test_real_mnist_loads():
     assert images.shape == (10000, 28, 28)
     assert labels.bincount().tolist()[0] == 980
     assert damaged_files(resolve_data_dir() / "MNIST" / "raw") == []  # the originals' MD5s match
-
-
-def test_the_model_range_is_float32():
-    assert to_model_range(torch.zeros(1, 2, 2, dtype=torch.uint8)).dtype == torch.float32

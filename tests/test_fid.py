@@ -469,12 +469,14 @@ def test_fid_compares_the_fake_gaussian_with_the_real_one(tmp_path, monkeypatch,
 
     monkeypatch.setattr(fc, "load_inception", lambda dims, device: torch.nn.Identity())
     monkeypatch.setattr(fc, "network_features", features)
-    status = fc.main(["--metric", "inception", "--dims", "64", "--real", str(real), "--fake",
-                      str(fake), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
-    out = capsys.readouterr().out
+    status, out, _ = run_main(["--metric", "inception", "--dims", "64", "--real", real, "--fake",
+                               fake, "--cache-dir", tmp_path / "cache", "--device", "cpu"], capsys)
     assert status == 0
     printed = float(next(l for l in out.splitlines() if l.startswith("FID: ")).split(": ")[1])
-    read = lambda folder: fc.read_images(folder, fc.image_files(folder))
-    want = frechet_distance(*feature_statistics(features(None, read(fake), 64, 0, "cpu")),
-                            *feature_statistics(features(None, read(real), 64, 0, "cpu")))
+
+    def statistics(folder):  # what the script should have compared, computed here directly
+        images = fc.read_images(folder, fc.image_files(folder))
+        return feature_statistics(features(None, images, 64, 0, "cpu"))
+
+    want = frechet_distance(*statistics(fake), *statistics(real))
     assert want > 100 and printed == pytest.approx(want, rel=1e-6, abs=0.01)

@@ -1,5 +1,6 @@
 """Tests of support/mnist_classifier.py: trained once on a tiny fake MNIST, kept atomically, loaded with
-weights_only, and a damaged file is a one-line error."""
+weights_only, and a damaged file is a one-line error; its input, its features and the scores
+mnist_scores makes of them."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Tests of train.py: checkpoints, exact resume, crash safety, DDP, and bad input."""
 
 import contextlib
-import copy
 import csv
 import io
 import math
@@ -45,18 +44,55 @@ def test_the_optimizer_steps_at_the_rate_lr_at_gives(tiny_data, tmp_path):
     assert used == pytest.approx(train.lr_at(4, cfg, 5)) and used < cfg.train.lr  # in the warm-up
 
 
-def test_gradients_are_clipped_to_grad_clip():
+def tiny_dit(seed: int = 0):
+    """A fresh DiT of the tiny preset, and that preset's config."""
     from dit import DiT
 
     cfg = get_preset("tiny")
+    torch.manual_seed(seed)
+    return DiT(cfg.model), cfg
+
+
+def test_gradients_are_clipped_to_grad_clip():
+    model, cfg = tiny_dit()
     cfg.train.grad_clip = 1e-4  # far below a fresh model's gradient norm
-    torch.manual_seed(0)
-    model = DiT(cfg.model)
     optimizer = train.make_optimizer(model, cfg)
     x0 = torch.rand(8, 1, 28, 28) * 2 - 1
     train.train_step(model, GaussianDiffusion(), optimizer, x0, torch.arange(8), cfg, 1e-3, False)
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert grads.norm().item() == pytest.approx(1e-4, rel=1e-3)  # .grad keeps the clipped one
+
+
+def test_the_optimiser_steps_with_the_clipped_gradient():
+    """Clipping must come before optimizer.step(): with plain SGD at rate 1 the weights move by
+    exactly the clipped gradient, whose norm is grad_clip (a clip after the step leaves .grad
+    clipped but the weights moved by the whole gradient)."""
+    model, cfg = tiny_dit()
+    cfg.train.grad_clip = 1e-2  # far below a fresh model's gradient norm
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x0 = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    train.train_step(model, GaussianDiffusion(), optimizer, x0, torch.arange(8), cfg, 1.0, False)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(1e-2, rel=1e-2)
+
+
+def test_train_step_minimises_the_min_snr_weighted_loss_of_the_config():
+    """train_step's loss is the diffusion loss with the config's min_snr_gamma, not plain MSE."""
+    model, cfg = tiny_dit()
+    cfg.train.min_snr_gamma = 0.5
+    diffusion = GaussianDiffusion()
+    x0 = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = torch.arange(16) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(3)  # the same t, noise and dropped labels for the step and the two below
+    loss = train.train_step(model, diffusion, optimizer, x0, y, cfg, 0.0, False)  # rate 0: unmoved
+    torch.manual_seed(3)
+    weighted = diffusion.training_loss(model, x0, y, 0.5).item()
+    torch.manual_seed(3)
+    plain = diffusion.training_loss(model, x0, y, 0.0).item()
+    assert weighted != pytest.approx(plain, rel=1e-3)  # the weighting matters on this batch
+    assert loss == pytest.approx(weighted, rel=1e-5)
 
 
 def ctrl_c_after(steps: int):
@@ -822,45 +858,3 @@ def test_a_briefly_trained_model_draws_the_digit_of_its_label(tmp_path):
     right = (bands.argmax(dim=1) == y).float().mean().item()
     lit = (bands[torch.arange(50), y] > 0).float().mean().item()  # the label's band is drawn
     assert right >= 0.6 and lit >= 0.8, (right, lit)
-
-
-def tiny_dit(seed: int = 0):
-    """A fresh DiT of the tiny preset, and that preset's config."""
-    from dit import DiT
-
-    cfg = get_preset("tiny")
-    torch.manual_seed(seed)
-    return DiT(cfg.model), cfg
-
-
-def test_the_optimiser_steps_with_the_clipped_gradient():
-    """Clipping must come before optimizer.step(): with plain SGD at rate 1 the weights move by
-    exactly the clipped gradient, whose norm is grad_clip (a clip after the step leaves .grad
-    clipped but the weights moved by the whole gradient)."""
-    model, cfg = tiny_dit()
-    cfg.train.grad_clip = 1e-2  # far below a fresh model's gradient norm
-    before = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    x0 = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    train.train_step(model, GaussianDiffusion(), optimizer, x0, torch.arange(8), cfg, 1.0, False)
-    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
-    assert moved.norm().item() == pytest.approx(1e-2, rel=1e-2)
-
-
-def test_train_step_minimises_the_min_snr_weighted_loss_of_the_config():
-    """train_step's loss is the diffusion loss with the config's min_snr_gamma, not plain MSE."""
-    model, cfg = tiny_dit()
-    cfg.train.min_snr_gamma = 0.5
-    reference = copy.deepcopy(model)  # the weights the step's loss is measured with
-    diffusion = GaussianDiffusion()
-    x0 = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    y = torch.arange(16) % 10
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    torch.manual_seed(3)
-    loss = train.train_step(model, diffusion, optimizer, x0, y, cfg, 0.0, False)
-    torch.manual_seed(3)
-    weighted = diffusion.training_loss(reference, x0, y, 0.5).item()
-    torch.manual_seed(3)
-    plain = diffusion.training_loss(reference, x0, y, 0.0).item()
-    assert weighted != pytest.approx(plain, rel=1e-3)  # the weighting matters on this batch
-    assert loss == pytest.approx(weighted, rel=1e-5)
