@@ -93,7 +93,8 @@ class Autoencoder(nn.Module):
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 1, 28, 28) in [-1, 1] -> the posterior's mean and log-variance (B, C, 8, 8)."""
+        """Images (B, 1, 28, 28) in [-1, 1] -> the posterior's mean and log-variance, each
+        (B, C, 8, 8)."""
         x = F.pad(x, (PAD, PAD, PAD, PAD), value=-1.0)  # -1 is the background: a black border
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         # Latent diffusion's bounds: exp(logvar / 2) stays finite and above 0 in float32.
@@ -211,7 +212,7 @@ def fit_scale_factor(model: Autoencoder, images: torch.Tensor, seed: int = 0) ->
     return model.scale_factor.item()
 
 
-# ------------------------------------------------------------------------------ the first stage's files
+# ---------------------------------------------------------------------- the first stage's files
 
 AUTOENCODER_FILE = "autoencoder.pth"  # a latent run's finished first stage, in its --out-dir
 
@@ -243,7 +244,8 @@ def read_autoencoder(path: str | Path, cfg: AutoencoderConfig) -> tuple[Autoenco
                         "leave out --autoencoder to train one") from None
     if saved_cfg != cfg:
         differ = ", ".join(f"{k} {v} (not {getattr(cfg, k)})"
-                           for k, v in dataclasses.asdict(saved_cfg).items() if getattr(cfg, k) != v)
+                           for k, v in dataclasses.asdict(saved_cfg).items()
+                           if getattr(cfg, k) != v)
         raise UserError(f"{path} was trained with other autoencoder settings: {differ}; use one "
                         "trained with this run's settings, or train a new one (--overwrite, "
                         "without --autoencoder)")

@@ -185,7 +185,7 @@ SAMPLERS = ("ddpm", "ddim", "plms", "dpm-solver++")  # the samplers of diffusion
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # one of SAMPLERS; DDIM reaches DDPM-like quality in ~50 steps instead of 1000
+    sampler: str = "ddim"  # one of SAMPLERS; DDIM reaches DDPM-like quality in ~50 steps, not 1000
     steps: int = 50  # sampler steps for DDIM, PLMS and DPM-Solver++ (DDPM always uses all T;
     #                  PLMS makes one network call more, for its first, Heun, step)
     # DDIM's noise (Song et al. 2021, Eq. 16): 0 = deterministic, 1 = fresh noise at each step as
@@ -209,7 +209,8 @@ class SampleConfig:
     def check(self, num_timesteps: int) -> None:
         """A UserError naming the flag of the first setting that cannot sample."""
         if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+            raise UserError(f"unknown sampler {self.sampler!r}: choose one of "
+                            f"{', '.join(SAMPLERS)}")
         if not 1 <= self.steps <= num_timesteps:
             raise UserError(f"--steps must be between 1 and {num_timesteps} (the model's T), "
                             f"got {self.steps}")
@@ -241,9 +242,10 @@ class Config:
                             f"{self.model.class_dropout_prob}")
         self.train.check()
         self.sample.check(self.diffusion.num_timesteps)
-        if self.autoencoder is not None and self.model.in_channels != self.autoencoder.latent_channels:
+        ae = self.autoencoder
+        if ae is not None and self.model.in_channels != ae.latent_channels:
             raise UserError(f"the DiT takes {self.model.in_channels} channels but the autoencoder "
-                            f"gives {self.autoencoder.latent_channels}: they must be equal")
+                            f"gives {ae.latent_channels}: they must be equal")
 
     def drop_guidance_without_null_label(self, asked: str = "", source: object = "") -> None:
         """A model trained with class_dropout_prob 0 never saw the null label, so that row of the

@@ -2,12 +2,12 @@
 
 torchvision reads (and, when online, downloads) the four original IDX files once; after that the
 60,000 training digits live in one uint8 tensor of 60000 x 28 x 28 = 47 MB, on the training device
-(CPU memory or the GPU). A batch is then a single index operation plus a scale to [-1, 1], instead of
-60,000 PIL conversions per epoch through a DataLoader. That keeps the data path trivial and on the
-training device. Measured with `benchmarks/train_throughput.py --naive` on 2 cores, a naive
+(CPU memory or the GPU). A batch is then a single index operation plus a scale to [-1, 1], instead
+of 60,000 PIL conversions per epoch through a DataLoader. That keeps the data path trivial and on
+the training device. Measured with `benchmarks/train_throughput.py --naive` on 2 cores, a naive
 version (this pipeline per sample through a DataLoader, plus attention written out) trained 7%
-slower for a model of 16 tokens (width 192, depth 6) and 1.9x slower for one of 196 (patch 2,
-width 64, depth 4) (benchmarks/README.md, "Against a naive implementation").
+slower for a model of 16 tokens (width 192, depth 6) and 1.9x slower for one of 196 (patch 2, width
+64, depth 4) (benchmarks/README.md, "Against a naive implementation").
 
 Where the data lives: `--data-dir`, else the environment variable DIT_DATA_DIR, else `./data`.
 torchvision expects the files in `<data dir>/MNIST/raw/`; when they are there nothing is downloaded.
@@ -147,7 +147,8 @@ class InMemoryBatches:
                             "images per process: pass a smaller --batch-size")
 
     def __len__(self) -> int:
-        """Batches per epoch (the last, incomplete batch is dropped: every step sees a full batch)."""
+        """Batches per epoch (the last, incomplete batch is dropped: every step sees a full
+        batch)."""
         return self.per_rank // self.batch_size
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,7 +158,8 @@ class InMemoryBatches:
         # same generator seed.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.images), generator=g)
-        order = order[self.rank : self.per_rank * self.world_size : self.world_size]  # this rank's shard
+        # this rank's shard: every world_size-th image from its rank on
+        order = order[self.rank : self.per_rank * self.world_size : self.world_size]
         order = order.to(self.images.device)
         for i in range(skip, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]

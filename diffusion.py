@@ -11,7 +11,8 @@ named as in the papers and the code cites the equation it follows:
     in Around 10 Steps", 2022 (arXiv:2206.00927)
   DPM-Solver++: Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", 2022 (arXiv:2211.01095)
-  Timesteps from T-1: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024
+  Timesteps from T-1: Lin et al., "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", 2024
 
 Notation: x_0 a clean image in [-1, 1], x_t its noised version, eps ~ N(0, I) the noise the model
 predicts, beta_t the variance added at step t, alpha_t = 1 - beta_t and alpha-bar_t the product of
@@ -39,7 +40,8 @@ class GaussianDiffusion:
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         self.num_timesteps = T = num_timesteps
-        # Computed in float64 (products of 1000 numbers near 1 lose digits in float32), stored float32.
+        # Computed in float64 (products of 1000 numbers near 1 lose digits in float32), stored in
+        # float32.
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)  # alpha-bar_t
@@ -86,12 +88,14 @@ class GaussianDiffusion:
         return (self._gather(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
-    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor,
+                            eps: torch.Tensor) -> torch.Tensor:
         """Invert Eq. 4 for x_0 given the (predicted) noise."""
         return ((x_t - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps)
                 / self._gather(self.sqrt_alphas_cumprod, t, x_t))
 
-    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor,
+                            x0: torch.Tensor) -> torch.Tensor:
         """Invert Eq. 4 for eps given x_0."""
         return ((x_t - self._gather(self.sqrt_alphas_cumprod, t, x_t) * x0)
                 / self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t))
@@ -173,8 +177,8 @@ class GaussianDiffusion:
 
     def ddpm_step(self, x_t: torch.Tensor, t: int, eps: torch.Tensor, generator=None,
                   clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2, line 4, with sigma_t^2 = beta-tilde_t);
-        returns (x_{t-1}, x0_pred), the clean image the step aimed at.
+        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2, line 4, with
+        sigma_t^2 = beta-tilde_t); returns (x_{t-1}, x0_pred), the clean image the step aimed at.
 
         Written through the predicted x_0 and the posterior mean (Eq. 7); without clipping this is
         exactly 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) of Algorithm 2.
@@ -209,7 +213,8 @@ class GaussianDiffusion:
         instead of t: the spacing DPM-Solver recommends for low-resolution images (the first
         DPM-Solver paper, arXiv:2206.00927, section 3.3, and its code's `skip_type='logSNR'`).
         lambda rises steeply near t = 0, so this puts more steps at low noise, where a multistep
-        solver would otherwise take one huge step. Rounded to integers and kept strictly decreasing."""
+        solver would otherwise take one huge step. Rounded to integers and kept strictly
+        decreasing."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be between 1 and {self.num_timesteps}, got {steps}")
         if steps == 1:
@@ -314,7 +319,9 @@ class GaussianDiffusion:
     def _log_alpha_over_sigma(self, t: int) -> float:
         """lambda_t = log(alpha_t / sigma_t), with alpha_t = sqrt(alpha-bar_t) and
         sigma_t = sqrt(1 - alpha-bar_t): half the log-SNR, the time variable of DPM-Solver."""
-        return math.log(self.sqrt_alphas_cumprod[t].item() / self.sqrt_one_minus_alphas_cumprod[t].item())
+        alpha = self.sqrt_alphas_cumprod[t].item()
+        sigma = self.sqrt_one_minus_alphas_cumprod[t].item()
+        return math.log(alpha / sigma)
 
     def _dpm_solver_pp_loop(self, eps_fn, x, pairs, generator, clip_denoised, eta):
         """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), a second-order multistep
@@ -348,7 +355,8 @@ class GaussianDiffusion:
             else:
                 r = prev_h / h
                 D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
-            sigma_ratio = self.sqrt_one_minus_alphas_cumprod[t_prev].item() / self.sqrt_one_minus_alphas_cumprod[t].item()
+            sigmas = self.sqrt_one_minus_alphas_cumprod
+            sigma_ratio = sigmas[t_prev].item() / sigmas[t].item()
             alpha_s = self.sqrt_alphas_cumprod[t_prev].item()
             x = sigma_ratio * x - alpha_s * math.expm1(-h) * D
             prev_x0, prev_h = x0, h

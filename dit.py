@@ -66,7 +66,8 @@ def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
     """Fixed 2D position embedding (as in MAE and DiT): half the channels encode the row, half the
-    column, each with the 1D sin-cos code. Returns (grid_size**2, dim), tokens in row-major order."""
+    column, each with the 1D sin-cos code. Returns (grid_size**2, dim), tokens in row-major
+    order."""
     rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
     emb_rows = sincos_pos_embed_1d(dim // 2, rows.reshape(-1))  # (N, D/2)
     emb_cols = sincos_pos_embed_1d(dim // 2, cols.reshape(-1))  # (N, D/2)
@@ -129,7 +130,8 @@ class DiT(nn.Module):
         grid = config.image_size // p
         # Fixed, not learned (as in DiT); a buffer so that .to(device) moves it. Not saved in the
         # checkpoint (persistent=False): it is rebuilt from the config.
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid).unsqueeze(0), persistent=False)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid).unsqueeze(0),
+                             persistent=False)
         self.blocks = nn.ModuleList(
             [DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)]
         )
@@ -210,7 +212,8 @@ class DiT(nn.Module):
     # ---------------------------------------------------------------- looking inside
 
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def attention_maps(self, x: torch.Tensor, t: torch.Tensor,
+                       y: torch.Tensor) -> list[torch.Tensor]:
         """Each block's attention weights on the way through the network, depth x (B, NH, N, N)
         (DiTBlock.attention_weights): row i of a head's map is where token i looks."""
         tokens, c = self.embed(x, t, y)

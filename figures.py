@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> None:
     # Which pictures: the maths alone needs no checkpoint; the others are those of its kind.
     path = args.checkpoint or SHIPPED
     wanted = set(args.only or PICTURES)
-    checkpoint, cfg = None, get_preset("cpu")  # the maths pictures show the default's patch and width
+    # the maths pictures show the default's patch and width
+    checkpoint, cfg = None, get_preset("cpu")
     if args.checkpoint or wanted - {"forward", "tokens"}:
         checkpoint = read_checkpoint(path)
         cfg = Config.from_dict(checkpoint["config"], source=path)

@@ -1,6 +1,6 @@
 """Sample digits from a trained DiT: a grid, pictures that teach, or image files for scoring.
 
-    python inference.py                                  # 10 x 10 grid of runs/default, row k = digit k
+    python inference.py                                  # 10 x 10 grid, row k = digit k
     python inference.py --checkpoint pretrained/model.pth    # the shipped weights: no training
     python inference.py --labels 3 1 4 --cfg-scale 4     # rows for the digits 3, 1 and 4
     python inference.py --sampler ddpm                   # 1000-step ancestral sampling
@@ -160,7 +160,8 @@ def check_flags(args: argparse.Namespace, cfg: Config, has_weak: bool) -> None:
     cfg.drop_guidance_without_null_label(spelt(["cfg_scale", "guidance_strip"]) if asked else "",
                                          args.checkpoint)
     if args.eta is not None and s.sampler != "ddim":
-        why = "its noise is fixed, DDIM's at eta 1" if s.sampler == "ddpm" else "it is deterministic"
+        why = ("its noise is fixed, DDIM's at eta 1" if s.sampler == "ddpm"
+               else "it is deterministic")
         raise UserError(f"--eta sets DDIM's noise, and {s.sampler} takes no eta ({why}): drop "
                         "--eta, or pass --sampler ddim")
     if args.steps is not None and s.sampler == "ddpm":
@@ -227,7 +228,8 @@ def run(args: argparse.Namespace) -> None:
         save_grid(grid, out, nrow=per_row)
         print(f"grid ({len(digits)} rows x {per_row}): {out}")
         if args.trajectory is not None:
-            path = out.parent / "trajectory.png" if args.trajectory is True else Path(args.trajectory)
+            path = (out.parent / "trajectory.png" if args.trajectory is True
+                    else Path(args.trajectory))
             g = torch.Generator(device).manual_seed(args.seed)
             panels = trajectory_panels(model, diffusion, cfg, torch.tensor(digits, device=device),
                                        g, bf16, autoencoder, progress=True)

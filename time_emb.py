@@ -5,7 +5,7 @@ the Transformer's position encoding (Vaswani et al. 2017, section 3.5) and DiT's
 (Peebles & Xie 2023, section 3.2). For frequency dim F = 2 * half:
 
     freq_i = max_period ** (-i / half),             i = 0 .. half - 1
-    emb(t) = [cos(t * freq_0), ..., cos(t * freq_{half-1}), sin(t * freq_0), ..., sin(t * freq_{half-1})]
+    emb(t) = [cos(t freq_0), ..., cos(t freq_{half-1}), sin(t freq_0), ..., sin(t freq_{half-1})]
 
 Low i gives fast-changing features (neighbouring t differ), high i slow ones (far-apart t differ),
 so every t gets a distinct, smooth code. An MLP then maps it to the model width D.

@@ -423,7 +423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--preset latent: reuse this finished autoencoder.pth (default: the one "
                         "in <out-dir> if there is one and not --overwrite, else train a new one "
                         "there)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1 or cpu (default: cuda when present)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow start, faster steps)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)

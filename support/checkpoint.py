@@ -118,7 +118,8 @@ def remove_kept_files(out_dir: str | Path) -> int:
 
 def write_log(rows: list[dict], path: str | Path) -> None:
     """log.csv, one row per logged step: its columns are the keys of the rows in order of first
-    appearance; a row without a column (the held-out loss is measured less often) leaves it empty."""
+    appearance; a row without a column (the held-out loss is measured less often) leaves it
+    empty."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, restval="")
@@ -154,7 +155,8 @@ RUNS = Path("runs")  # the scripts' outputs go under here unless the user names 
 
 def outputs_dir(checkpoint: str | Path, elsewhere: str) -> Path:
     """Where what is made from a checkpoint goes: beside it when it is a run in runs/, else
-    runs/<elsewhere>/ (the shipped weights live in the tracked pretrained/, which must stay clean)."""
+    runs/<elsewhere>/ (the shipped weights live in the tracked pretrained/, which must stay
+    clean)."""
     folder = Path(checkpoint).resolve().parent
     runs = RUNS.resolve()
     # the folder as the user spelt it, so that what is printed reads like what was typed
@@ -192,7 +194,9 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
     # Sampling needs the EMA weights and the config (all that the shipped weights hold), and a
     # latent model its autoencoder, to decode what it samples; resuming needs the rest of the
     # training state too.
-    needed = ["ema", "config"] + (["model", "optimizer", "step", "rng"] if with_training_state else [])
+    needed = ["ema", "config"]
+    if with_training_state:
+        needed += ["model", "optimizer", "step", "rng"]
     missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
     latent = not missing and isinstance(ckpt["config"], dict) and ckpt["config"].get("autoencoder")
     if latent and "autoencoder" not in ckpt:
@@ -207,8 +211,9 @@ def read_checkpoint(path: str | Path, with_training_state: bool = False) -> dict
             raise UserError(f"{path} is a latent run's first stage (its autoencoder), not a DiT: "
                             "pass the run's model.pth")
     if missing:
-        raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)}): "
-                        "it is damaged or was written by another version; retrain it")
+        raise UserError(f"{path} is not a checkpoint of this project (missing "
+                        f"{', '.join(missing)}): it is damaged or was written by another "
+                        "version; retrain it")
     return ckpt
 
 

@@ -35,7 +35,7 @@ def exit_status(run: Callable[[argparse.Namespace], Any], args: argparse.Namespa
     return 0 if status is None else status
 
 
-# ------------------------------------------------------------------------------ device and precision
+# ----------------------------------------------------------------------------- device and precision
 
 def pick_device(flag: str | None = None):
     """The torch device to run on: the flag if given, else CUDA when present, else the CPU."""
@@ -46,7 +46,8 @@ def pick_device(flag: str | None = None):
     except RuntimeError:
         raise UserError(f"unknown device {flag!r}: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {flag} asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+        raise UserError(f"--device {flag} asked for, but PyTorch sees no CUDA GPU: use --device "
+                        "cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {flag!r} is not supported here: use cpu or cuda")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -124,7 +125,7 @@ def check_can_write_in(folder: str | Path, what: str) -> None:
                         "write to")
 
 
-# ------------------------------------------------------------------------------ train.py's overrides
+# ----------------------------------------------------------------------------- train.py's overrides
 
 def flag(name: str) -> str:
     """The command-line spelling of a config field: batch_size -> batch-size."""
@@ -155,7 +156,8 @@ TRAIN_FLAGS = {  # field of TrainConfig -> help; each flag overrides the preset'
                   "(0 = only the latest)",
 }
 MODEL_FLAGS = {  # field of ModelConfig -> help
-    "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset latent)",
+    "patch_size": "pixels per patch side (28 / p tokens per side; latent cells for --preset "
+                  "latent)",
     "hidden_size": "token width D",
     "depth": "number of DiT blocks",
     "num_heads": "attention heads (must divide the width)",
@@ -194,7 +196,8 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Callable], res
     and keeps its preset."""
     if resumed is not None and args.preset not in (None, resumed.preset):
         raise UserError(f"--preset {args.preset}: the run being resumed was trained with preset "
-                        f"{resumed.preset}; drop --preset, or start a new run with another --out-dir")
+                        f"{resumed.preset}; drop --preset, or start a new run with another "
+                        "--out-dir")
     cfg = resumed if resumed is not None else presets[args.preset or "cpu"]()
     for name in [*TRAIN_FLAGS, *MODEL_FLAGS]:
         if not hasattr(args, name):  # not given: keep the preset's value

@@ -30,7 +30,8 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), by pytorch-fid's calculate_frechet_distance."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), by pytorch-fid's
+    calculate_frechet_distance."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     with warnings.catch_warnings():

@@ -29,11 +29,13 @@ def knn_radii(features: torch.Tensor, k: int = K, chunk: int = 1000) -> torch.Te
     """The distance of each point (N, d) to its k-th nearest neighbour among the others: (N,).
     Computed a chunk of rows at a time, so that 10,000 points need no 10,000 x 10,000 matrix."""
     if len(features) <= k:
-        raise ValueError(f"{len(features)} points have no {k}-th nearest neighbour among the others")
+        raise ValueError(f"{len(features)} points have no {k}-th nearest neighbour among the "
+                         "others")
     radii = []
     for rows in features.split(chunk):
         d = torch.cdist(rows, features)  # (chunk, N); each row's own point is at distance 0
-        radii.append(d.kthvalue(k + 1, dim=1).values)  # the (k+1)-th smallest skips the point itself
+        # the (k+1)-th smallest distance skips the point itself
+        radii.append(d.kthvalue(k + 1, dim=1).values)
     return torch.cat(radii)
 
 

@@ -158,7 +158,8 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
                                            progress=progress)
         state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                  "test_accuracy": accuracy, "config": asdict(ClassifierConfig())}
-        print(f"MNIST classifier: test accuracy {accuracy:.4f}, trained in {time.time() - t0:.0f} s")
+        print(f"MNIST classifier: test accuracy {accuracy:.4f}, trained in "
+              f"{time.time() - t0:.0f} s")
         keep_or_warn(path, lambda f: torch.save(state, f), "the MNIST classifier",
                      "it will be trained again next time: make that folder writable")
         return model.to(device).eval()
@@ -172,7 +173,7 @@ def load_classifier(data_dir: str | Path, load_mnist: Callable, device: torch.de
     return model.to(device).eval()
 
 
-# ------------------------------------------------------------------------------ the scores in memory
+# ----------------------------------------------------------------------------- the scores in memory
 
 def mnist_scores(classifier: MnistClassifier, pixels: torch.Tensor, labels: torch.Tensor | None,
                  real: dict[str, np.ndarray], batch_size: int = 500,

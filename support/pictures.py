@@ -29,11 +29,12 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
 
 # ------------------------------------------------------------------------------ trajectory
 
-TRAJECTORY_COLUMNS = 10  # states shown per digit: enough to see the digit appear, small enough to read
+TRAJECTORY_COLUMNS = 10  # states shown per digit: the digit appears, and each stays readable
 
 
 def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[int]:
-    """`columns` evenly spaced indices into a trajectory of num_states states, first and last kept."""
+    """`columns` evenly spaced indices into a trajectory of num_states states, first and last
+    kept."""
     last = num_states - 1
     return sorted({round(i * last / (columns - 1)) for i in range(columns)})
 
@@ -41,7 +42,8 @@ def shown_columns(num_states: int, columns: int = TRAJECTORY_COLUMNS) -> list[in
 def save_trajectory(states: torch.Tensor, x0_preds: torch.Tensor, titles: list[str],
                     labels: list[int], path: str | Path) -> None:
     """Two rows per digit: the states x_t from noise (left) to digit (right), and under them
-    x0-hat, the sampler's prediction of the clean digit at that step (sampling.trajectory_panels)."""
+    x0-hat, the sampler's prediction of the clean digit at that step
+    (sampling.trajectory_panels)."""
     plt = pyplot()
     cell = 0.65  # inches per image: 65 pixels, enough to see the noise give way to a digit
     fig, axes = plt.subplots(2 * len(labels), len(titles), squeeze=False,
@@ -351,7 +353,8 @@ def save_latent_channels(x: torch.Tensor, z: torch.Tensor, path: str | Path) -> 
     plt = pyplot()
     B, C = z.shape[:2]
     limit = z.abs().max().item()
-    fig, axes = plt.subplots(B, C + 1, squeeze=False, figsize=(0.95 * (C + 1) + 0.6, 0.95 * B + 0.5))
+    fig, axes = plt.subplots(B, C + 1, squeeze=False,
+                             figsize=(0.95 * (C + 1) + 0.6, 0.95 * B + 0.5))
     for r in range(B):
         show_digit(axes[r][0], x[r, 0])
         for c in range(C):

@@ -20,7 +20,8 @@ from support.pictures import shown_columns
 
 
 def class_labels(num_classes: int, per_class: int, device=None) -> torch.Tensor:
-    """0, 0, ..., 1, 1, ..., 9: per_class labels of each class, class-major (grid row k = digit k)."""
+    """0, 0, ..., 1, 1, ..., 9: per_class labels of each class, class-major (grid row k =
+    digit k)."""
     return torch.arange(num_classes, device=device).repeat_interleave(per_class)
 
 
