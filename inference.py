@@ -60,12 +60,13 @@ def write_class_images(model: DiT | Autoguided, diffusion: GaussianDiffusion, cf
     The images go into a hidden sibling folder that replaces out_dir only when it is complete:
     an interrupted run leaves the previous set as it was, and a smaller run never leaves older
     images beside its own (fid_computer.py would score them all). A folder holding anything but
-    such PNGs is refused rather than deleted."""
+    such PNG files (a folder too, whatever its name) is refused rather than deleted."""
     from PIL import Image
 
     out_dir = Path(out_dir).resolve()  # resolved: "." has no name to derive the sibling's from
     if out_dir.exists():
-        foreign = ([p.name for p in out_dir.iterdir() if not LABELLED_NAME.fullmatch(p.name)]
+        foreign = ([p.name for p in out_dir.iterdir()
+                    if not (p.is_file() and LABELLED_NAME.fullmatch(p.name))]
                    if out_dir.is_dir() else [out_dir.name])
         if not out_dir.is_dir() or foreign:
             raise UserError(f"{out_dir} holds {'files' if out_dir.is_dir() else 'a file'} this "

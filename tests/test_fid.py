@@ -368,10 +368,29 @@ def test_labels_come_only_from_names_written_as_labelled_file_name():
     labels, why = labels_from_names(good)
     assert labels.tolist() == [7, 0, 3] and why == ""
     odd_names = ["00042_7.png\n", "00042_\u0667.png", "00042_7.png.bak", "x00042_7.png",
-                 "00042_12.png"]
+                 "00042_12.png", "00042_10.png"]  # 10: one past the last digit
     for odd in odd_names:
         labels, why = labels_from_names(good + [Path(odd)])
         assert labels is None and repr(odd) in why, odd
+
+
+def test_image_files_are_the_visible_files_read_as_grayscale_of_one_size(tmp_path):
+    """A folder's images: its files sorted by name, without hidden ones (a write in progress) or
+    folders; read as 8-bit grayscale whatever their colour mode, and all of one size."""
+    from support.image_files import image_files, read_images
+
+    folder = write_pngs(tmp_path / "digits", 3)
+    (folder / ".00003_3.png").write_bytes((folder / "00000_0.png").read_bytes())  # hidden
+    (folder / "00004_4.png").mkdir()  # a folder, even one with an image's name
+    files = image_files(folder)
+    assert [f.name for f in files] == ["00000_0.png", "00001_1.png", "00002_2.png"]
+    Image.fromarray(np.full((28, 28, 3), 200, dtype=np.uint8)).save(folder / "00002_2.png")  # RGB
+    images = read_images(folder, files)
+    assert images.pixels.shape == (3, 28, 28) and images.pixels.dtype == torch.uint8
+    assert (images.pixels[2] == 200).all() and images.labels.tolist() == [0, 1, 2]
+    Image.fromarray(np.zeros((32, 28), dtype=np.uint8)).save(folder / "00001_1.png")  # taller
+    with pytest.raises(UserError, match="00000_0.png is 28 x 28 but 00001_1.png is 28 x 32"):
+        read_images(folder, files)
 
 
 def run_script(argv, cwd):

@@ -1,6 +1,7 @@
 """Tests of inference.py: pictures, files for scoring, reproducibility and bad input."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,36 @@ def test_the_guidance_strip_is_drawn_without_autoguidance(checkpoint, tmp_path, 
     assert len(seen) == 1 and type(seen[0]) is DiT
 
 
+def test_trajectory_and_guidance_strip_follow_the_labels_in_order_and_the_seed(checkpoint, tmp_path,
+                                                                              monkeypatch):
+    """Row k of the trajectory and of the strip is the k-th of --labels, sampled and titled so
+    (not sorted), from the noise of --seed."""
+    seen = {}
+
+    def spy(name, real, keep):
+        def recording(*args, **kwargs):
+            out = real(*args, **kwargs)
+            seen.setdefault(name, []).append(keep(args, out))
+            return out
+        monkeypatch.setattr(inference, name, recording)
+
+    spy("trajectory_panels", inference.trajectory_panels, lambda a, out: (a[3].tolist(), out[0]))
+    spy("save_trajectory", inference.save_trajectory, lambda a, out: a[3])
+    spy("guidance_strip", inference.guidance_strip, lambda a, out: (a[3], out))
+    spy("save_guidance_strip", inference.save_guidance_strip, lambda a, out: a[1])
+    for seed in ["0", "1"]:
+        assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png"),
+                               "--labels", "3", "1", "4", "--per-row", "1", "--steps", "2",
+                               "--trajectory", "--guidance-strip", "--seed", seed]) == 0
+    assert [labels for labels, _ in seen["trajectory_panels"]] == [[3, 1, 4]] * 2
+    assert seen["save_trajectory"] == [[3, 1, 4]] * 2
+    assert [digits for digits, _ in seen["guidance_strip"]] == [[3, 1, 4]] * 2
+    assert seen["save_guidance_strip"] == [[3, 1, 4]] * 2
+    for name in ["trajectory_panels", "guidance_strip"]:  # another seed, other noise
+        (_, a), (_, b) = seen[name]
+        assert not torch.equal(a, b), name
+
+
 def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, monkeypatch, capsys):
     """The shipped weights sit in the tracked pretrained/: sampling from a checkpoint outside
     runs/ writes into runs/samples/, from a run inside runs/ beside it, and a picture's own flag
@@ -74,8 +105,8 @@ def test_pictures_go_to_runs_not_beside_tracked_weights(checkpoint, tmp_path, mo
     inside.parent.mkdir(parents=True)
     inside.write_bytes(checkpoint.read_bytes())
     assert inference.main(["--checkpoint", "runs/mine/model.pth", "--steps", "2", "--per-row", "1",
-                           "--guidance-strip", "strip.png"]) == 0
-    assert (inside.parent / "grid.png").is_file() and (tmp_path / "strip.png").is_file()
+                           "--guidance-strip", "strip.PNG"]) == 0  # .png in any case
+    assert (inside.parent / "grid.png").is_file() and (tmp_path / "strip.PNG").is_file()
     assert not (inside.parent / "guidance.png").exists()
     # printed as the user spelt the checkpoint's path, as for the shipped weights
     assert "grid (10 rows x 1): runs/mine/grid.png\n" in capsys.readouterr().out
@@ -99,6 +130,25 @@ def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_a_setting_the_checkpoints_own_sampler_ignores_is_refused(checkpoint, tmp_path, capsys):
+    """--eta and --steps are checked against the sampler that will run: the checkpoint's own when
+    no --sampler is given."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    for sampler, flags, message in [("plms", ["--eta", "0.5"], "plms takes no eta"),
+                                    ("ddpm", ["--steps", "20"], "ddpm always takes all 1000")]:
+        ckpt["config"]["sample"]["sampler"] = sampler
+        torch.save(ckpt, tmp_path / f"{sampler}.pth")
+        argv = ["--checkpoint", str(tmp_path / f"{sampler}.pth"),
+                "--output", str(tmp_path / "g.png")]
+        assert inference.main([*argv, *flags]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "g.png").exists()
+    # with --sampler ddim the flag does something, and is taken
+    assert inference.main([*argv, "--sampler", "ddim", "--eta", "0.5", "--steps", "2",
+                           "--per-row", "1"]) == 0
+    assert "ddim with 2 steps, eta 0.5" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags", [["--output", "notes.txt/g.png"],
@@ -196,6 +246,7 @@ def test_autoguidance_follows_the_checkpoint_unless_a_flag_changes_it(checkpoint
     del ckpt["weak_ema"], ckpt["weak_ema_step"]
     torch.save(ckpt, tmp_path / "no_weak.pth")
     assert grid(ckpt=tmp_path / "no_weak.pth")[0] == plain
+    assert grid("--autoguide-scale", "1", ckpt=tmp_path / "no_weak.pth")[0] == plain  # W 1: none
     assert inference.main(["--checkpoint", str(tmp_path / "no_weak.pth"),
                            "--autoguide-scale", "2"]) == 1
     assert "keeps no weak model to guide away from" in capsys.readouterr().err
@@ -355,11 +406,16 @@ def test_model_rebuilt_from_checkpoint_config(checkpoint):
     (["--output", "grid.jpg"], "give a file name ending in .png"),
     (["--trajectory", "trajectory"], "--trajectory trajectory: the picture is a PNG"),
     (["--guidance-strip", "strip.txt"], "--guidance-strip strip.txt: the picture is a PNG"),
+    (["--per-row", "0"], "--per-row must be positive, got 0"),
+    (["--num-per-class", "0"], "--num-per-class must be positive, got 0"),
+    (["--num-per-class", "1", "--batch-size", "0"], "--batch-size must be positive, got 0"),
 ])
-def test_bad_sampling_flags(checkpoint, capsys, flags, message):
+def test_bad_sampling_flags(checkpoint, tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.chdir(tmp_path)
     assert inference.main(["--checkpoint", str(checkpoint), *flags]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_bad_sampler_name_is_argparse_error(checkpoint):
@@ -409,6 +465,39 @@ def test_checkpoint_shapes_not_matching_config(checkpoint, tmp_path, capsys):
     assert "do not match its config" in capsys.readouterr().err
 
 
+def test_an_interrupted_write_keeps_the_previous_images_and_the_next_run_starts_afresh(tmp_path,
+                                                                                      monkeypatch):
+    """Ctrl-C half way: the folder keeps its earlier images, the unfinished work is hidden (a
+    dot folder), and the next run clears it away and writes, returning the paths it wrote."""
+    from config import get_preset
+
+    calls = []
+
+    def fake_generate(model, diffusion, labels, cfg, generator, bf16, autoencoder=None):
+        calls.append(len(labels))
+        if stop_at == len(calls):
+            raise KeyboardInterrupt
+        return labels.reshape(-1, 1, 1, 1).float().expand(-1, 1, 28, 28) / 10  # a grey per label
+
+    monkeypatch.setattr(inference, "generate", fake_generate)
+    cfg, folder = get_preset("tiny"), tmp_path / "fake"
+    write = lambda per_class: inference.write_class_images(None, None, cfg, per_class, folder,
+                                                           "cpu", batch_size=5, progress=False)
+    stop_at = 0
+    paths = write(1)
+    assert paths == sorted(folder.iterdir()) and len(paths) == 10
+    before = {p.name: p.read_bytes() for p in paths}
+    stop_at = len(calls) + 2  # the second batch of the next run
+    with pytest.raises(KeyboardInterrupt):
+        write(2)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["fake"]
+    stop_at = 0
+    paths = write(2)
+    assert paths == sorted(folder.iterdir()) and len(paths) == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["fake"]
+
+
 def test_class_files_replace_the_folder_whole_and_refuse_foreign_files(checkpoint, tmp_path, capsys):
     folder = tmp_path / "fake"
     argv = ["--checkpoint", str(checkpoint), "--out-dir", str(folder), "--steps", "2"]
@@ -416,10 +505,20 @@ def test_class_files_replace_the_folder_whole_and_refuse_foreign_files(checkpoin
     assert inference.main(argv + ["--num-per-class", "1"]) == 0  # smaller: no old images left over
     assert sorted(f.name for f in folder.iterdir()) == [f"{i:05d}_{i}.png" for i in range(10)]
     assert [p.name for p in tmp_path.iterdir()] == ["fake"]  # the hidden work folder is gone
-    (folder / "notes.txt").write_text("mine")
+    for foreign in ["notes.txt", "00003_3.png.bak"]:  # a name that only starts like ours too
+        (folder / foreign).write_text("mine")
+        assert inference.main(argv + ["--num-per-class", "1"]) == 1
+        assert f"did not write (e.g. {foreign!r})" in capsys.readouterr().err
+        assert (folder / foreign).read_text() == "mine"
+        (folder / foreign).unlink()
+    (folder / "00007_7.png").unlink()
+    (folder / "00007_7.png").mkdir()  # a folder named as our images are is not ours to delete
+    (folder / "00007_7.png" / "notes.txt").write_text("mine")
     assert inference.main(argv + ["--num-per-class", "1"]) == 1
-    assert "did not write (e.g. 'notes.txt')" in capsys.readouterr().err
-    assert (folder / "notes.txt").read_text() == "mine"
+    assert "did not write (e.g. '00007_7.png')" in capsys.readouterr().err
+    assert (folder / "00007_7.png" / "notes.txt").read_text() == "mine"
+    shutil.rmtree(folder / "00007_7.png")
+    (folder / "notes.txt").write_text("mine")
     assert inference.main(argv + ["--num-per-class", "1", "--trajectory"]) == 1
     assert "image files only" in capsys.readouterr().err
     a_file = tmp_path / "results.txt"

@@ -12,7 +12,7 @@ import figures
 import train
 from support.cli import UserError
 from config import Config, ModelConfig, get_preset
-from dataset import load_mnist, resolve_data_dir, to_uint8
+from dataset import load_mnist, resolve_data_dir, to_model_range, to_uint8
 from diffusion import GaussianDiffusion
 from dit import DiT
 from dit_block import modulate
@@ -200,17 +200,90 @@ def test_figures_draws_every_picture_from_a_checkpoint(tiny_run, tmp_path, capsy
     assert "drew" in capsys.readouterr().out
 
 
+def test_figures_attention_shows_the_digit_asked_for_with_its_label_and_seed(tiny_run, tmp_path,
+                                                                          monkeypatch):
+    """--digit picks the test digit and the label it is shown with, --seed the noise (default
+    0): the panels are those of that digit, noised with that seed, in the checkpoint's EMA."""
+    from support.pictures import ATTENTION_TIMESTEPS, forward_process
+
+    data, out = tiny_run
+    shown = []
+    monkeypatch.setattr(figures, "save_attention", lambda x_t, maps, *a: shown.append((x_t, maps)))
+    model, cfg = load_model(out / "model.pth")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    images, labels = load_mnist(resolve_data_dir(str(data)), train=False)
+    t = torch.tensor(ATTENTION_TIMESTEPS)
+    for flags, digit, seed in [([], 0, 0), (["--digit", "3", "--seed", "5"], 3, 5)]:
+        assert figures.main(["--only", "attention", "--checkpoint", str(out / "model.pth"),
+                             "--data-dir", str(data), "--out-dir", str(tmp_path), *flags]) == 0
+        x_t, maps = shown.pop()
+        noised = forward_process(diffusion, to_model_range(images[digit : digit + 1])[0],
+                                 ATTENTION_TIMESTEPS, seed)
+        assert torch.equal(x_t, noised[:, 0])
+        label = torch.full_like(t, int(labels[digit]))
+        with torch.no_grad():
+            assert torch.equal(maps, torch.stack(model.attention_maps(noised, t, label), dim=1))
+
+
+def test_the_animation_samples_as_inference_does(tiny_run, tmp_path, monkeypatch):
+    """sampling.gif is drawn by the model inference.py samples with: the EMA guided away from
+    the checkpoint's weak model (the tiny preset's autoguidance), not the plain EMA."""
+    from dit import Autoguided
+
+    _, out = tiny_run
+    seen, real = [], figures.generate
+
+    def recording(model, *args, **kwargs):
+        seen.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "generate", recording)
+    assert figures.main(["--only", "sampling", "--checkpoint", str(out / "model.pth"),
+                         "--out-dir", str(tmp_path)]) == 0
+    assert len(seen) == 1 and isinstance(seen[0], Autoguided)
+    assert (tmp_path / "sampling.gif").is_file()
+
+
+def test_the_loss_plot_names_the_ranges_of_t_of_the_checkpoints_schedule(tiny_run, tmp_path,
+                                                                        monkeypatch):
+    """The right panel's legend: one line per held-out range of t, in the order of t, the last
+    ending at the checkpoint's T - 1 (here T = 500: ten ranges of 50, whose names do not sort
+    as text)."""
+    from support import pictures
+
+    _, out = tiny_run
+    ckpt = torch.load(out / "model.pth", weights_only=True)
+    ckpt["config"]["diffusion"]["num_timesteps"] = 500
+    torch.save(ckpt, tmp_path / "model.pth")
+    firsts = range(0, 500, 50)
+    write_log([{"step": s, "loss": 0.5 / s, "heldout_loss": 0.6 / s,
+                **{f"heldout_mse_t{t}": (t + 1) / s for t in firsts}} for s in (1, 2)],
+              tmp_path / "log.csv")  # beside the checkpoint: figures.py's default --log
+    drawn = []
+    monkeypatch.setattr(pictures, "save_figure", lambda fig, path: drawn.append(fig))
+    assert figures.main(["--only", "loss", "--checkpoint", str(tmp_path / "model.pth"),
+                         "--out-dir", str(tmp_path / "figures")]) == 0
+    legend = [text.get_text() for text in drawn[0].axes[1].get_legend().get_texts()]
+    pictures.pyplot().close(drawn[0])
+    assert legend == [f"t {t}-{t + 49}" for t in firsts]
+
+
 def test_figures_bad_input_is_one_line(tiny_run, tmp_path, capsys):
-    data, _ = tiny_run
+    data, out = tiny_run
     assert figures.main(["--checkpoint", str(tmp_path / "none.pth"), "--data-dir", str(data),
                          "--only", "attention", "--out-dir", str(tmp_path)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
     assert figures.main(["--only", "loss", "--log", str(tmp_path / "none.csv"),
                          "--out-dir", str(tmp_path)]) == 1
     assert "no training log" in capsys.readouterr().err
-    assert figures.main(["--only", "forward", "--digit", "99999", "--data-dir", str(data),
-                         "--out-dir", str(tmp_path)]) == 1
-    assert "--digit must be" in capsys.readouterr().err
+    for digit in ["99999", "-1"]:  # the tiny test set holds 40 digits
+        assert figures.main(["--only", "forward", "--digit", digit, "--data-dir", str(data),
+                             "--out-dir", str(tmp_path)]) == 1
+        assert f"--digit must be 0 to 39, got {digit}" in capsys.readouterr().err
+    assert figures.main(["--only", "latents", "--checkpoint", str(out / "model.pth"),
+                         "--data-dir", str(data), "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "latents cannot be drawn for" in err and "a pixel model: choose from forward" in err
     (tmp_path / "notes.txt").write_text("keep me")  # a file where the folder should be
     assert figures.main(["--only", "forward", "--data-dir", str(data),
                          "--out-dir", str(tmp_path / "notes.txt" / "figs")]) == 1
@@ -223,8 +296,11 @@ def test_figures_writes_into_runs_and_refuses_flags_that_change_nothing(tiny_run
     folder is runs/figures. A flag given for none of the pictures drawn is refused."""
     data, out = tiny_run
     monkeypatch.chdir(tmp_path)
-    assert figures.main(["--only", "forward", "--data-dir", str(data)]) == 0
+    with monkeypatch.context() as m:  # the maths alone reads no checkpoint
+        m.setattr(figures, "read_checkpoint", lambda *a, **k: pytest.fail("read a checkpoint"))
+        assert figures.main(["--only", "forward", "tokens", "--data-dir", str(data)]) == 0
     assert (tmp_path / "runs" / "figures" / "forward.png").is_file()
+    assert (tmp_path / "runs" / "figures" / "tokens.png").is_file()
     for flags, message in [(["--only", "forward", "--log", "x.csv"], "--log changes only gates"),
                            (["--only", "gates", "--checkpoint", str(out / "model.pth"),
                              "--digit", "3"], "--digit changes only"),

@@ -1,6 +1,7 @@
 """Tests of the lesson's pictures (support/pictures.py): each checks what the picture shows, not only
 that a file was written."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -25,6 +26,53 @@ def fake_digit() -> torch.Tensor:
     return x
 
 
+def test_grid_draws_minus_one_black_and_one_white_on_white_padding(tmp_path):
+    images = torch.stack([torch.full((1, 28, 28), v) for v in (-1.0, 0.0, 1.0, -1.0)])
+    pictures.save_grid(images, tmp_path / "g.png", nrow=2)
+    with Image.open(tmp_path / "g.png") as img:
+        grid = np.asarray(img.convert("L"))
+    assert grid.shape == (2 * 30 + 2, 2 * 30 + 2)  # 2 x 2 images of 28 px, 2 px padding
+    for k, want in enumerate([0, 128, 255, 0]):  # image k in row k // 2, column k % 2
+        r, c = divmod(k, 2)
+        assert (grid[2 + 30 * r : 30 + 30 * r, 2 + 30 * c : 30 + 30 * c] == want).all(), k
+    assert (grid[:2] == 255).all() and (grid[:, 30:32] == 255).all()  # the padding is white
+
+
+def test_shown_columns_are_the_nearest_to_evenly_spaced_and_each_shown_once():
+    assert pictures.shown_columns(21) == [0, 2, 4, 7, 9, 11, 13, 16, 18, 20]  # i * 20 / 9, rounded
+    assert pictures.shown_columns(4) == [0, 1, 2, 3]  # fewer states than columns
+
+
+def test_trajectory_and_guidance_strip_put_each_image_in_its_row_and_column(tmp_path, monkeypatch):
+    """The trajectory: x_t in row 2r and x0-hat under it in row 2r + 1 for the r-th label, one
+    column per state. The strip: row r for the r-th digit, column c for the c-th scale."""
+    drawn = []
+    monkeypatch.setattr(pictures, "save_figure", lambda fig, path: drawn.append(fig))
+    g = torch.Generator().manual_seed(0)
+    states, x0_preds, strip = (torch.rand(shape, generator=g) * 2 - 1  # 3 columns, 2 digits
+                               for shape in [(3, 2, 1, 28, 28)] * 2 + [(2, 3, 1, 28, 28)])
+    pictures.save_trajectory(states, x0_preds, ["x_T", "t=500", "x_0"], [7, 2], tmp_path / "t.png")
+    pictures.save_guidance_strip(strip, [7, 2], (0.0, 1.0, 4.0), tmp_path / "s.png")
+
+    def cells(fig):  # {(row, column): (the image shown there, its axis)}
+        spec = lambda ax: (ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start)
+        return {spec(ax): (torch.from_numpy(np.asarray(ax.images[0].get_array())), ax)
+                for ax in fig.axes}
+
+    trajectory, guidance = map(cells, drawn)
+    for r, label in enumerate([7, 2]):
+        for c in range(3):
+            assert torch.equal(trajectory[2 * r, c][0], states[c, r, 0])
+            assert torch.equal(trajectory[2 * r + 1, c][0], x0_preds[c, r, 0])
+            assert torch.equal(guidance[r, c][0], strip[r, c, 0])
+        assert trajectory[2 * r, 0][1].get_ylabel() == f"{label}: x_t"
+        assert guidance[r, 0][1].get_ylabel() == str(label)
+    assert [guidance[0, c][1].get_title() for c in range(3)] == [
+        "s = 0\nunconditional", "s = 1\nconditional", "s = 4"]
+    for fig in drawn:
+        pictures.pyplot().close(fig)
+
+
 def test_forward_process_starts_at_the_digit_and_ends_in_noise(diffusion):
     x0 = fake_digit()
     rows = pictures.forward_process(diffusion, x0, timesteps=(0, 300, 999))
@@ -37,6 +85,9 @@ def test_forward_process_starts_at_the_digit_and_ends_in_noise(diffusion):
         assert torch.allclose(rows[k], expected, atol=1e-4)
     corr = torch.corrcoef(torch.stack([rows[2].flatten(), x0.flatten()]))[0, 1]
     assert abs(corr) < 0.1
+    # the seed chooses that noise (figures.py --seed); the default is seed 0
+    assert torch.equal(pictures.forward_process(diffusion, x0, (0, 300, 999), seed=0), rows)
+    assert not torch.allclose(pictures.forward_process(diffusion, x0, (0, 300, 999), seed=1), rows)
 
 
 def test_token_strip_reassembles_to_the_digit():
@@ -65,7 +116,9 @@ def test_sampling_frames_pair_each_state_with_its_prediction(tmp_path):
     S, B = 12, 4
     states = torch.rand(S + 1, B, 1, 28, 28) * 2 - 1
     x0_preds = torch.rand(S, B, 1, 28, 28) * 2 - 1
+    states[-1, 0, 0, 0, :2] = torch.tensor([3.0, -3.0])  # beyond [-1, 1]: clipped, not wrapped
     frames = pictures.sampling_frames(states, x0_preds, nrow=2, frames=5)
+    assert frames[-1][2, 2:4].tolist() == [255, 0]
     assert len(frames) == 5
     grid_w = 2 * 30 + 2  # two images of 28 px with 2 px padding
     assert frames[0].shape == (2 * 30 + 2, 2 * grid_w + 8) and frames[0].dtype == torch.uint8
@@ -78,7 +131,12 @@ def test_sampling_frames_pair_each_state_with_its_prediction(tmp_path):
                        ((x0_preds[0, 0, 0] + 1) / 2 * 255).round().to(torch.uint8))
     pictures.save_gif(frames, tmp_path / "sampling.gif")
     with Image.open(tmp_path / "sampling.gif") as gif:
-        assert gif.n_frames == 5
+        assert gif.n_frames == 5 and gif.info.get("loop") == 0  # loops for ever
+        durations = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+    assert durations == [120] * 4 + [1000]  # the finished digits are held for a second
 
 
 def test_saved_figures_keep_their_pixels_in_a_palette(tmp_path):
