@@ -136,7 +136,8 @@ def test_a_file_that_is_no_plain_checkpoint_is_refused_with_the_unpicklers_reaso
 
 def test_out_of_memory_becomes_the_given_one_line_error_and_nothing_else_does():
     for oom in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
-                RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")):
+                RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"),
+                RuntimeError("CUDA error: Out of memory")):  # in any case
         with pytest.raises(UserError, match="pass a smaller --batch-size"):
             with out_of_memory_as_error("batch size 9 does not fit: pass a smaller --batch-size"):
                 raise oom

@@ -195,6 +195,10 @@ def test_attention_under_cpu_bf16_autocast_matches_fp32(monkeypatch):
     scale = out32.abs().max()
     assert (out16.float() - out32).abs().max() < 0.03 * scale
     assert (attn.qkv.weight.grad - grad32).abs().max() < 0.05 * grad32.abs().max()
+    # bf16 weights without autocast: the core still runs in fp32, and returns to bf16
+    seen.clear()
+    out_bf16 = attn.bfloat16()(x.bfloat16())
+    assert seen == [torch.float32] and out_bf16.dtype == torch.bfloat16
 
 
 def test_timestep_embedding_matches_formula():
@@ -402,6 +406,32 @@ def test_presets_build_and_roundtrip():
         cfg = get_preset(name)
         assert Config.from_dict(cfg.to_dict()) == cfg
     DiT(get_preset("tiny").model)
+
+
+def test_config_from_dict_refuses_what_it_does_not_know():
+    """An unknown section or field in a checkpoint's config is a one-line UserError naming the
+    checkpoint, never silently dropped."""
+    from config import Config
+    from support.cli import UserError
+    for damaged in [{**get_preset("tiny").to_dict(), "scheduler": {"kind": "cosine"}},
+                    {**get_preset("tiny").to_dict(), "train": {"batch_size": 16, "momentum": 0.9}}]:
+        with pytest.raises(UserError, match="^run/model.pth has a config this code does not know"):
+            Config.from_dict(damaged, source="run/model.pth")
+
+
+def test_config_check_covers_every_section_and_their_fit():
+    """Config.check runs the sampling and autoencoder checks too, accepts each bound that is
+    allowed (guidance scales of 0) and refuses a DiT whose channels are not the latents'."""
+    from config import AutoencoderConfig, Config, SampleConfig
+    from support.cli import UserError
+    SampleConfig(cfg_scale=0.0, autoguide_scale=0.0).check(1000)  # 0: unconditional, allowed
+    with pytest.raises(UserError, match="--steps must be between 1 and 1000"):
+        Config(sample=SampleConfig(steps=0)).check()
+    with pytest.raises(UserError, match="the DiT takes 1 channels but the autoencoder gives 4"):
+        Config(model=ModelConfig(image_size=8, patch_size=2),
+               autoencoder=AutoencoderConfig()).check()
+    with pytest.raises(UserError, match="lr positive, got 0.001 and 0"):
+        AutoencoderConfig(lr=0)
 
 
 def test_bad_model_config_is_a_user_error():

@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from config import get_preset
+from config import PRESETS, get_preset
+from dataset import load_mnist
 from diffusion import GaussianDiffusion
 from helpers import load_model, train_config, write_tiny_mnist
 from support.checkpoint import read_checkpoint, read_log, ship_weights
@@ -95,30 +97,37 @@ def test_train_step_minimises_the_min_snr_weighted_loss_of_the_config():
     assert loss == pytest.approx(weighted, rel=1e-5)
 
 
-def ctrl_c_after(steps: int):
-    """train.train_step that presses Ctrl-C in this process right after its `steps`-th step
-    (the handler of train.py only notes it, so the run saves and returns 130)."""
+def ctrl_c_after(steps: int, signum: int = signal.SIGINT):
+    """train.train_step that presses Ctrl-C (or sends `signum`) to this process right after its
+    `steps`-th step (the handler of train.py only notes it, so the run saves and returns 130, or
+    128 + signum)."""
     real_step, calls = train.train_step, []
 
     def step_then_ctrl_c(*args, **kwargs):
         loss = real_step(*args, **kwargs)
         calls.append(1)
         if len(calls) == steps:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return loss
 
     return step_then_ctrl_c
 
 
 def test_train_writes_checkpoint_pictures_and_log(tiny_data, tmp_path):
-    assert run_train(tiny_data, tmp_path, "--max-steps", "6") == 0
+    # two epochs of 4 steps (64 images, batches of 16)
+    assert run_train(tiny_data, tmp_path, "--max-steps", "8") == 0
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
-    assert ckpt["step"] == 6
+    assert ckpt["step"] == 8 and ckpt["epoch"] == 2  # epochs completed
     assert ckpt["config"]["preset"] == "tiny"
     for name in ["loss.png", "log.csv", "samples/final.png", "samples/step_0000004.png"]:
         assert (tmp_path / name).stat().st_size > 0, name
+    # a grid at the end of each epoch but the last, whose grid is final.png
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "final.png", "step_0000004.png"]
     rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,epoch,loss") and len(rows) == 1 + 6
+    assert rows[0].startswith("step,epoch,loss") and len(rows) == 1 + 8
+    # each row's epoch is that of the step's batch, counted from 0
+    assert [r["epoch"] for r in read_log(tmp_path / "log.csv")] == [0] * 4 + [1] * 4
 
 
 def test_keep_every_keeps_those_steps_checkpoints_beside_the_latest(tiny_data, tmp_path):
@@ -227,6 +236,43 @@ def test_resume_refuses_changed_model_flag(tiny_data, tmp_path, capsys):
     assert "--hidden-size 64 differs" in capsys.readouterr().err
 
 
+def test_resume_refuses_another_precision_or_process_count(tiny_data, tmp_path, capsys):
+    """An exact resume needs the arithmetic and the data shards of the run it continues: a run
+    trained under bf16 autocast resumes only with it, and one of two processes only with two."""
+    assert run_train(tiny_data, tmp_path, "--max-steps", "2", "--amp", "bf16") == 0
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["bf16"] is True
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--resume") == 1  # fp32 on a CPU
+    assert "trained with 1 process(es) and bf16 on; resume it the same way" in capsys.readouterr().err
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--resume", "--amp", "bf16") == 0
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert ckpt["step"] == 3
+    ckpt["world_size"] = 2  # as if torchrun had trained it with two processes
+    torch.save(ckpt, tmp_path / "model.pth")
+    assert run_train(tiny_data, tmp_path, "--max-steps", "4", "--resume", "--amp", "bf16") == 1
+    assert "trained with 2 process(es) and bf16 on" in capsys.readouterr().err
+
+
+def test_a_resumed_run_may_change_how_long_and_how_often_but_nothing_else():
+    """With --resume, every flag of RESUMABLE_FLAGS may take a new value, and any other flag only
+    the run's own (given again, it changes nothing and is accepted)."""
+    from support.cli import RESUMABLE_FLAGS, UserError, config_from_args
+
+    new = {"epochs": "3", "max_steps": "9", "time_limit": "2.5", "log_every": "7",
+           "eval_every": "11", "sample_every": "13", "checkpoint_every": "17", "keep_every": "19"}
+    assert set(new) == RESUMABLE_FLAGS
+    flags = [x for name, value in new.items() for x in (f"--{name.replace('_', '-')}", value)]
+    cfg = config_from_args(train.parse_args(["--resume", *flags]), PRESETS,
+                           resumed=get_preset("tiny"))
+    for name, value in new.items():
+        assert getattr(cfg.train, name) == type(getattr(cfg.train, name))(value), name
+    same = ["--batch-size", "16", "--lr", str(get_preset("tiny").train.lr), "--hidden-size", "32"]
+    cfg = config_from_args(train.parse_args(["--resume", *same]), PRESETS, resumed=get_preset("tiny"))
+    assert cfg == get_preset("tiny")
+    with pytest.raises(UserError, match="--batch-size 8 differs from the run being resumed"):
+        config_from_args(train.parse_args(["--resume", "--batch-size", "8"]), PRESETS,
+                         resumed=get_preset("tiny"))
+
+
 def test_resuming_a_run_with_no_steps_left_says_how_to_train_on(tiny_data, tmp_path, capsys):
     assert run_train(tiny_data, tmp_path, "--max-steps", "3") == 0
     before = (tmp_path / "model.pth").read_bytes()
@@ -241,6 +287,14 @@ def test_resuming_a_run_with_no_steps_left_says_how_to_train_on(tiny_data, tmp_p
     assert (tmp_path / "model.pth").read_bytes() == before
     assert (tmp_path / "samples" / "final.png").stat().st_mtime_ns == final
     assert run_train(tiny_data, tmp_path, "--resume", "--max-steps", "4") == 0
+    # a run of --epochs (no --max-steps) is that many epochs of 4 steps, and says so when done
+    by_epochs = tmp_path / "epochs"
+    assert run_train(tiny_data, by_epochs, "--epochs", "2", "--sample-every", "1000000") == 0
+    assert torch.load(by_epochs / "model.pth", weights_only=True)["step"] == 8
+    capsys.readouterr()
+    assert run_train(tiny_data, by_epochs, "--resume") == 0
+    assert ("is finished (step 8 of 8): nothing to train; to train on, resume with a larger "
+            "--epochs or --max-steps") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("again, message", [
@@ -454,6 +508,14 @@ def test_data_dir_without_mnist_offline(tmp_path, monkeypatch, capsys):
     (["--batch-size", "1000"], "pass a smaller --batch-size"),
     (["--keep-every", "-1"], "--keep-every must be 0 or more"),
     (["--min-snr-gamma", "-5"], "--min-snr-gamma must be 0 or more (0 = plain MSE)"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--eval-every", "0"], "--eval-every must be positive"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
+    (["--mlp-ratio", "0"], "--mlp-ratio must be positive"),
+    (["--hidden-size", "30"], "hidden size 30 must be a multiple of 4"),  # 2 heads divide it
+    (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+    (["--weak-model-at", "1"], "--weak-model-at must be in [0, 1)"),
+    (["--class-dropout-prob", "1"], "--class-dropout-prob must be in [0, 1), got 1.0"),
 ])
 
 
@@ -477,6 +539,22 @@ def test_a_gpu_the_machine_lacks_is_refused_in_one_line(monkeypatch):
         monkeypatch.setenv(name, value)
     with pytest.raises(UserError, match="process 1 of this machine .* pass a smaller --nproc"):
         setup_processes("cuda")
+    # under torchrun each process takes the GPU of its LOCAL_RANK: a GPU named is refused
+    with pytest.raises(UserError, match="--device cuda:0: under torchrun each process takes the GPU"):
+        setup_processes("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda asked for, but PyTorch sees no CUDA GPU"):
+        pick_device("cuda")
+
+
+def test_a_device_that_is_not_a_device_or_not_supported_is_refused_in_one_line():
+    from support.cli import UserError, pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown device 'gpu': use cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    with pytest.raises(UserError, match="device 'meta' is not supported here: use cpu or cuda"):
+        pick_device("meta")
 
 
 def test_preset_with_resume_picks_the_folder_and_must_match_the_run(tiny_data, tmp_path, capsys):
@@ -573,6 +651,70 @@ def test_time_limit_counts_over_resumes(tiny_data, tmp_path, capsys):
     assert second["step"] > first["step"] and limit * 60 <= second["train_seconds"] < 60
 
 
+def test_the_log_clock_and_the_time_limit_count_each_step_over_resumes(tiny_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """With a clock (train.py's time.time) that moves exactly one second per training step:
+    log.csv's elapsed_sec is the training time so far, over resumes, and images_per_sec the
+    images since the row before over the time since it (16 per step of 16); the time limit stops
+    a run after the step that reaches it, counting the time of the run it resumes, and a run
+    that has used exactly its limit is refused."""
+    clock, real_step = [1000.0], train.train_step
+
+    def one_second_step(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        clock[0] += 1.0
+        return loss
+
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(train, "train_step", one_second_step)
+    flags = ["--max-steps", "20", "--log-every", "2", "--sample-every", "1000000"]
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.1") == 0  # 6 s
+    assert "time limit of 0.1 min reached at step 6" in capsys.readouterr().out
+    first = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert first["step"] == 6 and first["train_seconds"] == 6.0
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.1", "--resume") == 1
+    assert "has trained 0.1 min, its whole --time-limit of 0.1" in capsys.readouterr().err
+    assert run_train(tiny_data, tmp_path, *flags, "--time-limit", "0.15", "--resume") == 0  # 9 s
+    second = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert second["step"] == 9 and second["train_seconds"] == 9.0
+    rows = read_log(tmp_path / "log.csv")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    assert [r["elapsed_sec"] for r in rows] == [2.0, 4.0, 6.0, 8.0]
+    assert [r["images_per_sec"] for r in rows] == [16.0] * 4
+
+
+def test_sigterm_stops_as_ctrl_c_does_and_leaves_the_handlers_as_they_were(tiny_data, tmp_path,
+                                                                          monkeypatch):
+    """SIGTERM (a scheduler's stop) is a clean stop too: the step finishes, the checkpoint is
+    saved, no grid is drawn even at an epoch's end, and the exit status is 128 + 15; afterwards
+    the signal handlers are the ones from before the run."""
+    noted = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    try:
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        monkeypatch.setattr(train, "train_step", ctrl_c_after(4, signal.SIGTERM))
+        assert run_train(tiny_data, tmp_path, "--max-steps", "10") == 128 + signal.SIGTERM
+        assert noted == []  # train.py's own handler took it
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["step"] == 4
+    assert not (tmp_path / "samples" / "step_0000004.png").exists()  # an epoch ends at step 4
+
+
+def test_the_log_looks_inside_the_trained_weights_on_the_test_digits(tiny_data, tmp_path):
+    """log.csv's gates and held-out losses are those of the weights being trained (not the EMA),
+    on the first test digits (not training digits): computed again here from the checkpoint."""
+    assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--sample-every", "1000000") == 0
+    last = read_log(tmp_path / "log.csv")[-1]
+    model, cfg = load_model(tmp_path / "model.pth", use_ema=False)
+    heldout = train.heldout_digits(*load_mnist(tiny_data, train=False), cfg, None, "cpu")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    want = train.looking_inside(model, diffusion, heldout, cfg, with_heldout=True)
+    assert "heldout_loss" in want and "gate_attn_0" in want
+    assert {k: last[k] for k in want} == pytest.approx(want, rel=1e-6)
+
+
 def test_ema_flags_reach_the_config():
     assert train_config(*([])).train.ema_warmup is True
     cfg = train_config(*(["--no-ema-warmup", "--ema-decay", "0"]))
@@ -588,6 +730,7 @@ def test_no_label_dropout_means_no_classifier_free_guidance():
     assert train_config().sample.cfg_scale == 1.2
     cfg = train_config("--class-dropout-prob", "0")
     assert cfg.sample.cfg_scale == 1.0 and cfg.sample.autoguide_scale == 1.5
+    assert train_config("--class-dropout-prob", "0.01").sample.cfg_scale == 1.2  # rare, but seen
 
 
 def test_learning_rate_warm_up_is_linear_then_constant():
