@@ -110,9 +110,10 @@ def model_flops_per_image(m) -> float:
 
 def apply_overrides(cfg, overrides: list[str]):
     """Set `section.field=value` entries on a Config, each value parsed as its field's type. Each
-    section is rebuilt once with all its new fields (dataclasses.replace), so its own checks run
-    on the final combination: a patch size that does not divide 28 is refused here, not deep
-    inside the model, while width 64 with 4 heads may be set in either order."""
+    section is rebuilt once with all its new fields (dataclasses.replace), and then the whole
+    config is checked (Config.check), so the checks run on the final combination: a patch size
+    that does not divide 28 or a rate of 0 is refused here, not deep inside the model or the
+    timing, while width 64 with 4 heads may be set in either order."""
     import dataclasses
 
     from support.cli import UserError
@@ -136,6 +137,10 @@ def apply_overrides(cfg, overrides: list[str]):
             setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **fields))
         except UserError as e:
             sys.exit(f"--set {' '.join(f'{section}.{k}={v}' for k, v in fields.items())}: {e}")
+    try:  # the checks a section runs only when asked (a rate, a step count), and their fit
+        cfg.check()
+    except UserError as e:
+        sys.exit(f"--set {' '.join(overrides)}: {e}")
     return cfg
 
 

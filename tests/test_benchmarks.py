@@ -36,6 +36,8 @@ def test_apply_overrides_checks_the_combination_not_each_step():
     ("model.patch_size=2.5", "invalid literal"),
     ("train.ema_warmup=maybe", "true or false"),
     ("model.patch_size=5", "does not divide"),  # the section's own check runs
+    ("train.lr=-1", "--lr must be positive"),  # and the checks a section runs when asked
+    ("sample.steps=0", "--steps must be between 1 and"),
 ])
 def test_apply_overrides_rejects_bad_items(item, message):
     with pytest.raises(SystemExit, match=message):
