@@ -180,11 +180,12 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c)  # (B, N, D), summed in fp32 even under bf16 autocast
         # The two ends run in fp32 even under bf16 autocast. At high noise the answer is nearly
-        # the input (eps ~ x_t / sqrt(1 - alpha-bar_t)) and the digit a correction of under 1% of
-        # it (sqrt(alpha-bar_t) x_0 ~ 0.006 x_0 at t = T-1), about what bf16's 8-bit mantissa
-        # rounds off. With the patch embedding and this layer in bf16, the default trained on a
-        # CPU drew heavier strokes (MNIST-FD 47.6 against 17.5 in fp32; 17.6 with both ends in
-        # fp32; benchmarks/README.md, "The hardware"). Both layers are a sliver of the work.
+        # the input (eps ~ x_t / sqrt(1 - alpha-bar_t)) and the digit a small correction of it
+        # (sqrt(alpha-bar_t) x_0: 0.0064 x_0 at t = 999, 0.016 x_0 at 900), within a few of
+        # bf16's roundings (8 bits of precision). With the patch embedding and this layer in
+        # bf16, a bf16 run of the default's recipe (21 epochs, one EPYC) drew heavier strokes:
+        # MNIST-FD 47.6 against fp32's 17.5, and 17.6 with both ends in fp32
+        # (benchmarks/README.md, "The network's two ends in fp32"). Both are a sliver of the work.
         dtype = self.final_layer.linear.weight.dtype  # the weights' own: fp32 unless cast
         with torch.autocast(x.device.type, enabled=False):
             out = self.final_layer(tokens.to(dtype), c.to(dtype))  # (B, N, p * p * C)

@@ -1,6 +1,6 @@
 """Sample digits from a trained DiT: a grid, pictures that teach, or image files for scoring.
 
-    python inference.py                                  # 10 x 10 grid, row k = digit k
+    python inference.py                                  # grid of runs/default, row k = digit k
     python inference.py --checkpoint pretrained/model.pth    # the shipped weights: no training
     python inference.py --labels 3 1 4 --cfg-scale 4     # rows for the digits 3, 1 and 4
     python inference.py --sampler ddpm                   # 1000-step ancestral sampling

@@ -76,11 +76,11 @@ def use_bf16(amp: str, device) -> bool:
     than fp32, off on older ones (a T4 or V100 has none), and off on every CPU. On a CPU it
     depends on the chip: 0.72x fp32's training speed on a Xeon without AMX, about 1.0x on one
     with AMX, 1.35-1.41x on EPYCs with AVX-512 bf16, and nothing tells them apart cheaply before
-    running; where bf16 was faster, its extra training images moved the digits along the same
-    accuracy-recall line as fp32's, once the network's two ends ran in fp32 (dit.DiT.forward;
-    before, one EPYC drew heavier strokes: benchmarks/README.md, "Where bf16 loses its time on a
-    CPU" and "The hardware"). Pass `--amp bf16` to try it on yours. The samplers' own arithmetic
-    stays in float64 either way."""
+    running; where bf16 was faster, its extra training images did not beat fp32 in the digits
+    (on one EPYC model, two seeds, with the network's two ends in fp32, dit.DiT.forward; before
+    that, its digits had heavier strokes: benchmarks/README.md, "Where bf16 loses its time on a
+    CPU", "The hardware" and "The network's two ends in fp32"). Pass `--amp bf16` to try it on
+    yours. The samplers' own arithmetic stays in float64 either way."""
     if amp not in AMP_CHOICES:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if amp != "auto":

@@ -420,8 +420,8 @@ def test_config_from_dict_refuses_what_it_does_not_know():
 
 
 def test_config_check_covers_every_section_and_their_fit():
-    """Config.check runs the sampling and autoencoder checks too, accepts each bound that is
-    allowed (guidance scales of 0) and refuses a DiT whose channels are not the latents'."""
+    """Config.check runs the sampling checks too (guidance scales of 0 are allowed) and refuses a
+    DiT whose channels are not the latents'; the autoencoder's section checks itself when built."""
     from config import AutoencoderConfig, Config, SampleConfig
     from support.cli import UserError
     SampleConfig(cfg_scale=0.0, autoguide_scale=0.0).check(1000)  # 0: unconditional, allowed

@@ -242,7 +242,8 @@ def test_resume_refuses_another_precision_or_process_count(tiny_data, tmp_path, 
     assert run_train(tiny_data, tmp_path, "--max-steps", "2", "--amp", "bf16") == 0
     assert torch.load(tmp_path / "model.pth", weights_only=True)["bf16"] is True
     assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--resume") == 1  # fp32 on a CPU
-    assert "trained with 1 process(es) and bf16 on; resume it the same way" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained with 1 process(es) and bf16 on; resume it the same way" in err
     assert run_train(tiny_data, tmp_path, "--max-steps", "3", "--resume", "--amp", "bf16") == 0
     ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
     assert ckpt["step"] == 3
@@ -266,7 +267,8 @@ def test_a_resumed_run_may_change_how_long_and_how_often_but_nothing_else():
     for name, value in new.items():
         assert getattr(cfg.train, name) == type(getattr(cfg.train, name))(value), name
     same = ["--batch-size", "16", "--lr", str(get_preset("tiny").train.lr), "--hidden-size", "32"]
-    cfg = config_from_args(train.parse_args(["--resume", *same]), PRESETS, resumed=get_preset("tiny"))
+    cfg = config_from_args(train.parse_args(["--resume", *same]), PRESETS,
+                           resumed=get_preset("tiny"))
     assert cfg == get_preset("tiny")
     with pytest.raises(UserError, match="--batch-size 8 differs from the run being resumed"):
         config_from_args(train.parse_args(["--resume", "--batch-size", "8"]), PRESETS,
@@ -540,7 +542,8 @@ def test_a_gpu_the_machine_lacks_is_refused_in_one_line(monkeypatch):
     with pytest.raises(UserError, match="process 1 of this machine .* pass a smaller --nproc"):
         setup_processes("cuda")
     # under torchrun each process takes the GPU of its LOCAL_RANK: a GPU named is refused
-    with pytest.raises(UserError, match="--device cuda:0: under torchrun each process takes the GPU"):
+    with pytest.raises(UserError,
+                       match="--device cuda:0: under torchrun each process takes the GPU"):
         setup_processes("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="--device cuda asked for, but PyTorch sees no CUDA GPU"):
