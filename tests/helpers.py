@@ -82,6 +82,20 @@ class X0Oracle:
         return self.diffusion.predict_eps_from_x0(x, t, self.x0)
 
 
+def record_calls(monkeypatch, module, name: str, keep=lambda args, out: args[0]) -> list:
+    """Replace module.name by a wrapper that calls the real function and appends keep(args, out)
+    to the list returned (by default the first argument: the model a sampler was given)."""
+    calls, real = [], getattr(module, name)
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(keep(args, out))
+        return out
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
 def load_model(path, device="cpu", use_ema=True):
     """(DiT, Config) rebuilt from a checkpoint as inference.py rebuilds it: the stored config,
     then the EMA (or with use_ema=False the raw) weights."""

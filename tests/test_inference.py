@@ -10,7 +10,7 @@ from PIL import Image
 
 import inference
 import train
-from helpers import load_model, write_tiny_mnist
+from helpers import load_model, record_calls, write_tiny_mnist
 from support import sampling
 from support.cli import UserError, check_can_write_in
 from support.pictures import shown_columns
@@ -46,13 +46,7 @@ def test_the_guidance_strip_is_drawn_without_autoguidance(checkpoint, tmp_path, 
     # not the autoguided model that the grid samples (the fixture keeps a weak model, W 1.5).
     from dit import DiT
 
-    seen, real = [], inference.guidance_strip
-
-    def recording_strip(model, *args, **kwargs):
-        seen.append(model)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(inference, "guidance_strip", recording_strip)
+    seen = record_calls(monkeypatch, inference, "guidance_strip")
     assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png"),
                            "--guidance-strip", "--steps", "2", "--labels", "3"]) == 0
     assert len(seen) == 1 and type(seen[0]) is DiT
@@ -62,19 +56,11 @@ def test_trajectory_and_guidance_strip_follow_the_labels_in_order_and_the_seed(c
                                                                               monkeypatch):
     """Row k of the trajectory and of the strip is the k-th of --labels, sampled and titled so
     (not sorted), from the noise of --seed."""
-    seen = {}
-
-    def spy(name, real, keep):
-        def recording(*args, **kwargs):
-            out = real(*args, **kwargs)
-            seen.setdefault(name, []).append(keep(args, out))
-            return out
-        monkeypatch.setattr(inference, name, recording)
-
-    spy("trajectory_panels", inference.trajectory_panels, lambda a, out: (a[3].tolist(), out[0]))
-    spy("save_trajectory", inference.save_trajectory, lambda a, out: a[3])
-    spy("guidance_strip", inference.guidance_strip, lambda a, out: (a[3], out))
-    spy("save_guidance_strip", inference.save_guidance_strip, lambda a, out: a[1])
+    seen = {name: record_calls(monkeypatch, inference, name, keep) for name, keep in [
+        ("trajectory_panels", lambda a, out: (a[3].tolist(), out[0])),
+        ("save_trajectory", lambda a, out: a[3]),
+        ("guidance_strip", lambda a, out: (a[3], out)),
+        ("save_guidance_strip", lambda a, out: a[1])]}
     for seed in ["0", "1"]:
         assert inference.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "g.png"),
                                "--labels", "3", "1", "4", "--per-row", "1", "--steps", "2",

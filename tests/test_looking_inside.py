@@ -18,7 +18,7 @@ from dit import DiT
 from dit_block import modulate
 from common import load_decoder
 from common import load_model as load_sampling_model  # the EMA, with its autoguidance
-from helpers import load_model, needs_real_mnist, write_tiny_mnist
+from helpers import load_model, needs_real_mnist, record_calls, write_tiny_mnist
 from support.checkpoint import read_log, write_log
 from support.mnist_classifier import classify, load_classifier
 from support.sampling import class_labels, generate
@@ -231,13 +231,7 @@ def test_the_animation_samples_as_inference_does(tiny_run, tmp_path, monkeypatch
     from dit import Autoguided
 
     _, out = tiny_run
-    seen, real = [], figures.generate
-
-    def recording(model, *args, **kwargs):
-        seen.append(model)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(figures, "generate", recording)
+    seen = record_calls(monkeypatch, figures, "generate")
     assert figures.main(["--only", "sampling", "--checkpoint", str(out / "model.pth"),
                          "--out-dir", str(tmp_path)]) == 0
     assert len(seen) == 1 and isinstance(seen[0], Autoguided)

@@ -19,7 +19,7 @@ import train
 from config import PRESETS, get_preset
 from dataset import load_mnist
 from diffusion import GaussianDiffusion
-from helpers import load_model, train_config, write_tiny_mnist
+from helpers import load_model, record_calls, train_config, write_tiny_mnist
 from support.checkpoint import read_checkpoint, read_log, ship_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,14 +198,8 @@ def test_the_checkpoint_keeps_the_ema_of_a_fifth_of_the_run_as_the_weak_model(ti
 
 
 def test_only_the_final_grid_is_guided_away_from_the_weak_model(tiny_data, tmp_path, monkeypatch):
-    weak_models = []  # the weak model each grid was drawn with (None: the EMA alone)
-    real = train.with_autoguidance
-
-    def recorded(model, weak, scale):
-        weak_models.append(weak)
-        return real(model, weak, scale)
-
-    monkeypatch.setattr(train, "with_autoguidance", recorded)
+    # the weak model each grid was drawn with (None: the EMA alone)
+    weak_models = record_calls(monkeypatch, train, "with_autoguidance", lambda a, out: a[1])
     assert run_train(tiny_data, tmp_path, "--max-steps", "10", "--sample-every", "3") == 0
     assert (tmp_path / "samples" / "step_0000009.png").exists()  # grids at 3, 6 and 9, then final
     assert len(weak_models) == 4
